@@ -1,0 +1,235 @@
+"""J4R-Net: Joint Recurrent Rain Removal and Reconstruction Network (Liu et al., CVPR 2018).
+
+Only ``nn.Module`` s live here. Conventions:
+
+* luma frames are ``(b, 1, h, w)`` for one step and ``(b, t, 1, h, w)`` for a clip, values in
+  [0, 1] (Y of BT.601 YCbCr); every convolution is 3x3 stride 1 with zero padding, so any frame
+  size works without padding or cropping;
+* the recurrent memory ``H`` is an explicit tensor ``(b, channels, h, w)`` the caller passes in
+  and gets back: the module stores no state, so one model can serve many clips at once and
+  clips can be batched together;
+* the network is causal: the outputs for frame ``t`` depend only on frames ``<= t``.
+
+Hybrid rain model: ``O = (1 − α)(B + S) + α A``. R-Net estimates the streaks ``S`` where the
+background shows through (α = 0); C-Net reconstructs detail where the drop occludes it (α = 1)
+from the temporal memory; D-Net classifies α; JRC-Net joins both into ``B̂``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+class ResidualPair(nn.Module):
+    """Two 3x3 convs merged with the input as ``0.5 x + 0.5 conv(conv(x))`` (authors' code)."""
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x + 0.5 * F.relu(self.conv2(F.relu(self.conv1(x))))
+
+
+class FeatureCNN(nn.Module):
+    """First conv plus the 2-layer extractor: luma ``(b, 1, h, w)`` -> ``F_t (b, c, h, w)``."""
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.head = conv3x3(1, channels)
+        self.body = nn.Sequential(
+            conv3x3(channels, channels), nn.ReLU(), conv3x3(channels, channels), nn.ReLU()
+        )
+
+    def forward(self, luma: torch.Tensor) -> torch.Tensor:
+        return self.body(F.relu(self.head(luma)))
+
+
+class DNet(nn.Module):
+    """Degradation classification: ``(F_t, H_{t-1})`` -> α logits ``(b, 2, h, w)``.
+
+    Channel 1 of the logits is "occluded" (α = 1); channel 0 is "streaks or clean" (α = 0).
+    """
+
+    def __init__(self, *, channels: int, layers: int):
+        super().__init__()
+        body: list[nn.Module] = [conv3x3(2 * channels, channels), nn.ReLU()]
+        for _ in range(layers - 1):
+            body += [conv3x3(channels, channels), nn.ReLU()]
+        self.body = nn.Sequential(*body)
+        self.logits = conv3x3(channels, 2)
+
+    def forward(self, features: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.body(torch.cat([features, memory], dim=1)))
+
+
+class FNet(nn.Module):
+    """Fusion GRU whose gates also see the degradation map (slides' F-Net).
+
+    ``z = σ(W_z F + U_z H + V_z d)``, ``r = ReLU(W_r F + U_r H + V_r d)``,
+    ``H~ = tanh(W_h F + U_h (r ⊙ H))``, ``H_t = (1 − z) H_{t-1} + z H~`` with ``d`` the α logits.
+    """
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.gates = conv3x3(2 * channels + 2, 2 * channels)  # [W|U|V] for z and r at once
+        self.candidate_input = conv3x3(channels, channels)  # W_h
+        self.candidate_memory = conv3x3(channels, channels)  # U_h
+
+    def forward(
+        self, features: torch.Tensor, memory: torch.Tensor, alpha_logits: torch.Tensor
+    ) -> torch.Tensor:
+        gates = self.gates(torch.cat([features, memory, alpha_logits], dim=1))
+        update_logit, read_logit = gates.split(self.channels, dim=1)
+        update = torch.sigmoid(update_logit)
+        read = F.relu(read_logit)
+        candidate = torch.tanh(
+            self.candidate_input(features) + self.candidate_memory(read * memory)
+        )
+        return (1 - update) * memory + update * candidate
+
+
+class RNet(nn.Module):
+    """Rain removal from spatial appearance: ``F_t`` -> (hidden, ``Ŝ (b, 1, h, w)``)."""
+
+    def __init__(self, *, channels: int, blocks: int):
+        super().__init__()
+        self.body = nn.Sequential(*[ResidualPair(channels=channels) for _ in range(blocks)])
+        self.tail = nn.Sequential(conv3x3(channels, channels), nn.ReLU())
+        self.streak = conv3x3(channels, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.tail(self.body(features))
+        return hidden, self.streak(hidden)
+
+
+class CNet(nn.Module):
+    """Reconstruction of occluded detail from temporal memory: ``(H_t, F_t)`` -> hidden, detail.
+
+    The detail map ``(b, 1, h, w)`` is the high-pass content of the background the memory
+    remembers; the loss supervises it through ``E(B̂)``.
+    """
+
+    def __init__(self, *, channels: int, blocks: int):
+        super().__init__()
+        self.head = nn.Sequential(conv3x3(2 * channels, channels), nn.ReLU())
+        self.body = nn.Sequential(*[ResidualPair(channels=channels) for _ in range(blocks)])
+        self.detail = conv3x3(channels, 1)
+
+    def forward(
+        self, memory: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(self.head(torch.cat([memory, features], dim=1)))
+        return hidden, self.detail(hidden)
+
+
+class JRCNet(nn.Module):
+    """Joint rain removal and reconstruction: both hidden streams + α -> residual on ``O − Ŝ``."""
+
+    def __init__(self, *, channels: int, blocks: int):
+        super().__init__()
+        self.head = nn.Sequential(conv3x3(2 * channels + 4, channels), nn.ReLU())
+        self.body = nn.Sequential(*[ResidualPair(channels=channels) for _ in range(blocks)])
+        self.residual = conv3x3(channels, 1)
+
+    def forward(
+        self,
+        removal_hidden: torch.Tensor,
+        reconstruction_hidden: torch.Tensor,
+        alpha_logits: torch.Tensor,
+        streak_free: torch.Tensor,
+        detail: torch.Tensor,
+    ) -> torch.Tensor:
+        x = torch.cat(
+            [removal_hidden, reconstruction_hidden, alpha_logits, streak_free, detail], dim=1
+        )
+        return self.residual(self.body(self.head(x)))
+
+
+class StepOutput(NamedTuple):
+    """One frame's outputs, all ``(b, ·, h, w)``: ``background`` in [0, 1] after clamping."""
+
+    background: torch.Tensor  # B̂, (b, 1, h, w)
+    streaks: torch.Tensor  # Ŝ, (b, 1, h, w)
+    alpha_logits: torch.Tensor  # (b, 2, h, w); softmax channel 1 = P(α = 1)
+    detail: torch.Tensor  # C-Net detail map, (b, 1, h, w)
+
+
+class ClipOutput(NamedTuple):
+    """A clip's outputs stacked over time: ``(b, t, ·, h, w)``."""
+
+    background: torch.Tensor
+    streaks: torch.Tensor
+    alpha_logits: torch.Tensor
+    detail: torch.Tensor
+
+
+class J4RNet(nn.Module):
+    """The whole network. Use :meth:`step` for streaming and :meth:`forward` for a clip."""
+
+    def __init__(
+        self,
+        *,
+        channels: int = 64,
+        rnet_blocks: int = 3,
+        cnet_blocks: int = 2,
+        jrc_blocks: int = 2,
+        dnet_layers: int = 2,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.features = FeatureCNN(channels=channels)
+        self.dnet = DNet(channels=channels, layers=dnet_layers)
+        self.fnet = FNet(channels=channels)
+        self.rnet = RNet(channels=channels, blocks=rnet_blocks)
+        self.cnet = CNet(channels=channels, blocks=cnet_blocks)
+        self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
+
+    def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
+        """Empty memory for a batch shaped like ``luma (b, 1, h, w)``."""
+        b, _, h, w = luma.shape
+        return luma.new_zeros(b, self.channels, h, w)
+
+    def single_frame(self, luma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage-1 path (first conv, extractor, R-Net): returns ``(O − Ŝ, Ŝ)``."""
+        _, streaks = self.rnet(self.features(luma))
+        return luma - streaks, streaks
+
+    def step(self, luma: torch.Tensor, memory: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
+        """One frame ``O_t (b, 1, h, w)`` with memory ``H_{t-1}`` -> outputs and ``H_t``."""
+        features = self.features(luma)
+        alpha_logits = self.dnet(features, memory)
+        memory = self.fnet(features, memory, alpha_logits)
+        removal_hidden, streaks = self.rnet(features)
+        reconstruction_hidden, detail = self.cnet(memory, features)
+        streak_free = luma - streaks
+        residual = self.jrc(
+            removal_hidden, reconstruction_hidden, alpha_logits, streak_free, detail
+        )
+        background = streak_free + residual
+        return StepOutput(background, streaks, alpha_logits, detail), memory
+
+    def forward(
+        self, clip: torch.Tensor, memory: torch.Tensor | None = None
+    ) -> tuple[ClipOutput, torch.Tensor]:
+        """A clip ``(b, t, 1, h, w)`` in [0, 1] -> stacked outputs and the final memory."""
+        if clip.dim() != 5 or clip.shape[2] != 1:
+            raise ValueError(f"expected a luma clip (b, t, 1, h, w), got {tuple(clip.shape)}")
+        if memory is None:
+            memory = self.initial_state(clip[:, 0])
+        steps: list[StepOutput] = []
+        for t in range(clip.shape[1]):
+            out, memory = self.step(clip[:, t], memory)
+            steps.append(out)
+        stacked = ClipOutput(*(torch.stack(parts, dim=1) for parts in zip(*steps, strict=True)))
+        return stacked, memory

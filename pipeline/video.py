@@ -1,0 +1,202 @@
+"""Video in (decord, PyAV as fallback) and out (PyAV), in bounded chunks.
+
+Frames travel as ``frames_thwc_u8``: numpy ``(t, h, w, 3)`` uint8 RGB. Nothing here holds a
+whole video in memory; the writer encodes to a temporary file beside the destination that is
+renamed into place only when complete, so a half-written video is never at its final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".mpg", ".mpeg", ".m4v", ".webm")
+
+
+class VideoError(RuntimeError):
+    """A video cannot be read or written; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # frames the container claims; the reader stops early if fewer decode
+    fps: Fraction
+    width: int
+    height: int
+    codec: str
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Container metadata through PyAV (exact rational frame rate)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream (is it an audio or image file?)")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            frames = stream.frames
+            if not frames and stream.duration and stream.time_base:
+                frames = round(float(stream.duration * stream.time_base * rate))
+            return VideoInfo(
+                frames=int(frames or 0),
+                fps=Fraction(rate),
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                codec=stream.codec_context.name,
+            )
+    except VideoError:
+        raise
+    except Exception as exc:  # PyAV raises many FFmpeg error types
+        raise VideoError(f"{path}: not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
+def _decord_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
+    import decord
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    total = len(reader)
+    for start in range(0, total, chunk_frames):
+        indices = list(range(start, min(total, start + chunk_frames)))
+        try:
+            yield reader.get_batch(indices).asnumpy()
+        except decord.DECORDError:
+            # The container's count can exceed what decodes: read on frame by frame, stop
+            # at the first frame that fails.
+            for index in indices:
+                try:
+                    yield reader.get_batch([index]).asnumpy()
+                except decord.DECORDError:
+                    logger.warning("%s: frames %d..%d do not decode; stopping", path, index, total)
+                    return
+
+
+def _pyav_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
+    import av
+
+    buffer: list[np.ndarray] = []
+    with av.open(path) as container:
+        for frame in container.decode(video=0):
+            buffer.append(frame.to_ndarray(format="rgb24"))
+            if len(buffer) == chunk_frames:
+                yield np.stack(buffer)
+                buffer = []
+    if buffer:
+        yield np.stack(buffer)
+
+
+def read_chunks(path: str | Path, chunk_frames: int = 16) -> Iterator[np.ndarray]:
+    """Yield ``frames_thwc_u8`` chunks of at most ``chunk_frames`` frames, in order.
+
+    decord is the reader; if it cannot open the file, PyAV decodes it instead.
+    """
+    path = str(path)
+    try:
+        chunks = _decord_chunks(path, chunk_frames)
+        first = next(chunks, None)
+    except Exception as exc:  # decord raises DECORDError or RuntimeError on open
+        logger.info("decord cannot open %s (%s); decoding with PyAV", path, exc)
+        chunks = _pyav_chunks(path, chunk_frames)
+        try:
+            first = next(chunks, None)
+        except Exception as fallback_exc:
+            raise VideoError(
+                f"{path}: cannot decode (decord: {exc}; PyAV: {fallback_exc}); "
+                "check that the file is a complete video"
+            ) from fallback_exc
+    if first is None:
+        raise VideoError(f"{path}: no frame decodes (empty or corrupt video)")
+    yield first
+    yield from chunks
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    lossless: bool = False  # FFV1 in .mkv instead of H.264 in .mp4
+    crf: int = 18
+
+    @property
+    def extension(self) -> str:
+        return ".mkv" if self.lossless else ".mp4"
+
+
+class VideoWriter:
+    """Encode frames to a temp file; :meth:`commit` renames it to ``final_path``.
+
+    Use as a context manager: leaving without :meth:`commit` (an error) deletes the temp file.
+    """
+
+    def __init__(
+        self,
+        final_path: str | Path,
+        *,
+        fps: Fraction,
+        width: int,
+        height: int,
+        options: EncodeOptions,
+    ):
+        import av
+
+        self.final_path = Path(final_path)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(
+            prefix=f".{self.final_path.stem}.", suffix=".part", dir=self.final_path.parent
+        )
+        os.close(handle)
+        self.tmp_path = Path(tmp)
+        fmt = "matroska" if options.lossless else "mp4"
+        self._container = av.open(str(self.tmp_path), mode="w", format=fmt)
+        rate = Fraction(fps).limit_denominator(1_000_000)
+        if options.lossless:
+            stream = self._container.add_stream("ffv1", rate=rate)
+            stream.pix_fmt = "bgr0"  # RGB kept bit-exact
+        else:
+            stream = self._container.add_stream("libx264", rate=rate)
+            # 4:2:0 needs even sizes; odd-sized videos keep full chroma instead.
+            stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+            stream.options = {"crf": str(options.crf), "preset": "medium"}
+        stream.width, stream.height = width, height
+        stream.time_base = 1 / rate
+        self._stream = stream
+        self.frames_written = 0
+
+    def write(self, frames_thwc_u8: np.ndarray) -> None:
+        import av
+
+        for rgb in frames_thwc_u8:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = self.frames_written
+            self._container.mux(self._stream.encode(frame))
+            self.frames_written += 1
+
+    def commit(self) -> Path:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        self._container = None
+        os.replace(self.tmp_path, self.final_path)
+        return self.final_path
+
+    def abort(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._container is not None:
+            self.abort()

@@ -1,0 +1,63 @@
+"""Shared fixtures. State stays out of the home folder; threads stay within the 2-core budget."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def moving_frames_thwc_u8(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth textured scene panning right with a few bright streak-like lines."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((height // 4 + 2, (width + frames * 2) // 4 + 2, 3))
+    big = np.kron(base, np.ones((4, 4, 1)))[: height, : width + frames * 2]
+    out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for t in range(frames):
+        frame = big[:, 2 * t : 2 * t + width].copy()
+        cols = rng.integers(0, width, 6)
+        frame[:, cols] = 0.95
+        out[t] = (frame * 255).astype(np.uint8)
+    return out
+
+
+def write_video(path: Path, frames_thwc_u8: np.ndarray, *, fps: Fraction | int = 25,
+                codec: str = "ffv1") -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {"ffv1": "matroska", "libx264": "mp4", "mpeg4": "avi"}[codec]
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height = frames_thwc_u8.shape[2], frames_thwc_u8.shape[1]
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        for rgb in frames_thwc_u8:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised tiny J4R-Net saved as a checkpoint (fast for pipeline tests)."""
+    import torch
+
+    from j4r.checkpoint import save_checkpoint
+    from j4r.config import net_config
+    from j4r.model import build_model
+
+    torch.manual_seed(0)
+    net = net_config("tiny")
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(build_model(net), folder, name="j4r-tiny", version="test", net=net)
+    return folder
