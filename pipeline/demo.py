@@ -59,12 +59,16 @@ def demo_command(args: argparse.Namespace) -> int:
         clean = (clip.clean.permute(0, 2, 3, 1) * 255).round().byte().numpy()
         before, after = psnr_u8(rainy, clean), psnr_u8(derained, clean)
         failures += len(derained) != len(rainy)
-        print(f"{name:<24} {preset:<6} {before:>10.2f} {after:>14.2f} "
-              f"{result.frames / result.seconds:>9.1f}")
+        print(
+            f"{name:<24} {preset:<6} {before:>10.2f} {after:>14.2f} "
+            f"{result.frames / result.seconds:>9.1f}"
+        )
         middle = len(clean) // 2
         panel = np.concatenate([rainy[middle], derained[middle], clean[middle]], axis=1)
         (out / "compare").mkdir(parents=True, exist_ok=True)
         io.imsave(out / "compare" / f"{stem}.png", panel, check_contrast=False)
-    print(f"derain demo: videos in {out / 'derained'}, rainy | derained | clean PNGs in "
-          f"{out / 'compare'}")
+    print(
+        f"derain demo: videos in {out / 'derained'}, rainy | derained | clean PNGs in "
+        f"{out / 'compare'}"
+    )
     return EXIT_FAILED if failures else EXIT_OK

@@ -46,9 +46,12 @@ def probe(path: str | Path) -> VideoInfo:
                 raise VideoError(f"{path}: no video stream (is it an audio or image file?)")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            # MP4 stores a frame count; Matroska and others only a duration.
             frames = stream.frames
             if not frames and stream.duration and stream.time_base:
                 frames = round(float(stream.duration * stream.time_base * rate))
+            if not frames and container.duration:
+                frames = round(container.duration / 1_000_000 * float(rate))
             return VideoInfo(
                 frames=int(frames or 0),
                 fps=Fraction(rate),
@@ -99,26 +102,29 @@ def _pyav_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
 def read_chunks(path: str | Path, chunk_frames: int = 16) -> Iterator[np.ndarray]:
     """Yield ``frames_thwc_u8`` chunks of at most ``chunk_frames`` frames, in order.
 
-    decord is the reader; if it cannot open the file, PyAV decodes it instead.
+    decord is the reader; if it cannot open the file or decode its first frame, PyAV decodes
+    it instead. A file neither can decode raises :class:`VideoError` with both reasons.
     """
     path = str(path)
-    try:
-        chunks = _decord_chunks(path, chunk_frames)
-        first = next(chunks, None)
-    except Exception as exc:  # decord raises DECORDError or RuntimeError on open
-        logger.info("decord cannot open %s (%s); decoding with PyAV", path, exc)
-        chunks = _pyav_chunks(path, chunk_frames)
+    errors: list[str] = []
+    for name, reader in (("decord", _decord_chunks), ("PyAV", _pyav_chunks)):
+        chunks = reader(path, chunk_frames)
         try:
             first = next(chunks, None)
-        except Exception as fallback_exc:
-            raise VideoError(
-                f"{path}: cannot decode (decord: {exc}; PyAV: {fallback_exc}); "
-                "check that the file is a complete video"
-            ) from fallback_exc
-    if first is None:
-        raise VideoError(f"{path}: no frame decodes (empty or corrupt video)")
-    yield first
-    yield from chunks
+        except Exception as exc:  # decord and FFmpeg raise many error types
+            errors.append(f"{name}: {exc}")
+            continue
+        if first is None:
+            errors.append(f"{name}: no frame decodes")
+            continue
+        if errors:
+            logger.info("%s: decoding with %s (%s)", path, name, "; ".join(errors))
+        yield first
+        yield from chunks
+        return
+    raise VideoError(
+        f"{path}: cannot decode ({'; '.join(errors)}); check that the file is a complete video"
+    )
 
 
 @dataclass(frozen=True)

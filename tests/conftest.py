@@ -21,7 +21,7 @@ def moving_frames_thwc_u8(frames: int, height: int, width: int, seed: int = 0) -
     """A smooth textured scene panning right with a few bright streak-like lines."""
     rng = np.random.default_rng(seed)
     base = rng.random((height // 4 + 2, (width + frames * 2) // 4 + 2, 3))
-    big = np.kron(base, np.ones((4, 4, 1)))[: height, : width + frames * 2]
+    big = np.kron(base, np.ones((4, 4, 1)))[:height, : width + frames * 2]
     out = np.empty((frames, height, width, 3), dtype=np.uint8)
     for t in range(frames):
         frame = big[:, 2 * t : 2 * t + width].copy()
@@ -31,8 +31,9 @@ def moving_frames_thwc_u8(frames: int, height: int, width: int, seed: int = 0) -
     return out
 
 
-def write_video(path: Path, frames_thwc_u8: np.ndarray, *, fps: Fraction | int = 25,
-                codec: str = "ffv1") -> Path:
+def write_video(
+    path: Path, frames_thwc_u8: np.ndarray, *, fps: Fraction | int = 25, codec: str = "ffv1"
+) -> Path:
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)

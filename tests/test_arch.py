@@ -36,7 +36,9 @@ def test_one_pass_frame_by_frame_and_chunked_agree(model):
     torch.testing.assert_close(torch.stack(frames, 1), whole.background)
     first, memory_chunk = model(x[:, :3])
     second, memory_chunk = model(x[:, 3:], memory_chunk)
-    torch.testing.assert_close(torch.cat([first.background, second.background], 1), whole.background)
+    torch.testing.assert_close(
+        torch.cat([first.background, second.background], 1), whole.background
+    )
     torch.testing.assert_close(memory_chunk, memory_whole)
 
 

@@ -41,8 +41,9 @@ def test_missing_checkpoint_says_what_to_do(tmp_path):
 
 
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
-    save_checkpoint(build_model(net_config("tiny")), tmp_path, name="x", version="1",
-                    net=net_config("tiny"))
+    save_checkpoint(
+        build_model(net_config("tiny")), tmp_path, name="x", version="1", net=net_config("tiny")
+    )
     meta = json.loads((tmp_path / "config.json").read_text())
     meta["net"]["rnet_blocks"] = 3
     (tmp_path / "config.json").write_text(json.dumps(meta))

@@ -27,9 +27,7 @@ def test_hybrid_model_equation_holds(photo):
     sample = add_rain(clean, rain_config("heavy"), seed=3)
     occluded = sample.alpha.bool().expand_as(clean)
     # α = 1: the background is hidden, O = A.
-    torch.testing.assert_close(
-        sample.rainy[occluded], sample.reliance.expand_as(clean)[occluded]
-    )
+    torch.testing.assert_close(sample.rainy[occluded], sample.reliance.expand_as(clean)[occluded])
     # α = 0: O = B + S (S is the effective, clipped streak layer; grey rain adds equally).
     visible = ~occluded
     unclipped = visible & (sample.rainy < 0.999).all(dim=1, keepdim=True)
@@ -40,8 +38,9 @@ def test_hybrid_model_equation_holds(photo):
 
 def test_light_has_no_occlusion_heavy_a_few_percent():
     _, alpha_light, _ = render_rain(rain_config("light"), frames=4, height=256, width=256, seed=1)
-    _, alpha_heavy, reliance = render_rain(rain_config("heavy"), frames=4, height=256, width=256,
-                                           seed=1)
+    _, alpha_heavy, reliance = render_rain(
+        rain_config("heavy"), frames=4, height=256, width=256, seed=1
+    )
     assert alpha_light.sum() == 0
     assert 0.01 < float(alpha_heavy.mean()) < 0.05
     assert float(reliance[alpha_heavy.bool()].mean()) > 0.7  # opaque drops are bright

@@ -60,8 +60,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, sampler):
     config = train_config("tiny", stage1_steps=3, stage2_steps=3, checkpoint_every_s=1e9)
     whole = train(tmp_path / "whole", net=net, config=config, sampler=sampler, progress=False)
     assert whole.finished
-    paused = train(tmp_path / "split", net=net, config=config, sampler=sampler, progress=False,
-                   stop_after=4)  # pauses inside stage 2
+    paused = train(
+        tmp_path / "split", net=net, config=config, sampler=sampler, progress=False, stop_after=4
+    )  # pauses inside stage 2
     assert not paused.finished and paused.steps == 4
     assert not paused.final.exists()
     resumed = train(tmp_path / "split", net=net, config=config, sampler=sampler, progress=False)
@@ -91,8 +92,15 @@ def test_a_few_steps_reduce_the_loss(tmp_path, sampler):
     def loss() -> float:
         with torch.no_grad():
             free, streaks = model.single_frame(fixed.rainy[:, 0])
-            return float(single_frame_loss(free, streaks, clean=fixed.clean[:, 0],
-                                           streaks=fixed.streaks[:, 0], config=config).joint)
+            return float(
+                single_frame_loss(
+                    free,
+                    streaks,
+                    clean=fixed.clean[:, 0],
+                    streaks=fixed.streaks[:, 0],
+                    config=config,
+                ).joint
+            )
 
     from j4r.train import sample_batch, train_step
 

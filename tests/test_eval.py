@@ -1,0 +1,59 @@
+"""Evaluation sets and the comparison table; a quality floor for the shipped checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from j4r.config import net_config
+from j4r.evaluate import build_eval_set, evaluate, markdown_table, psnr
+from j4r.model import build_model
+
+
+@pytest.fixture(scope="module")
+def small_sets():
+    return {p: build_eval_set(p, frames=4, crop=64) for p in ("light", "heavy")}
+
+
+def test_sets_are_deterministic_held_out_and_calibrated(small_sets):
+    again = build_eval_set("heavy", frames=4, crop=64)
+    for a, b in zip(small_sets["heavy"], again, strict=True):
+        torch.testing.assert_close(a.rainy, b.rainy, rtol=0, atol=0)
+    names = {c.name.split("#")[0] for c in small_sets["light"]}
+    assert names == {"china.jpg", "flower.jpg", "bikes.mp4", "carphone_pristine.mp4"}
+    assert all(c.alpha.sum() == 0 for c in small_sets["light"])
+    assert all(c.alpha.sum() > 0 for c in small_sets["heavy"])
+    light = sum(psnr(c.rainy, c.clean) for c in small_sets["light"]) / len(small_sets["light"])
+    heavy = sum(psnr(c.rainy, c.clean) for c in small_sets["heavy"]) / len(small_sets["heavy"])
+    assert 21.5 < light < 27.5 and 12.5 < heavy < 17.5, (light, heavy)
+
+
+def test_table_has_every_method_and_the_input_row_is_the_input(small_sets):
+    torch.manual_seed(0)
+    tiny = build_model(net_config("tiny")).eval()
+    results = evaluate(tiny, tiny, frames=4, crop=64)
+    assert set(results) == {"light", "heavy"}
+    methods = {"rainy input", "temporal median", "single-frame (stage 1)", "J4R-Net"}
+    assert set(results["light"]) == methods
+    clips = small_sets["light"]
+    per_frame = [psnr(c.rainy[t], c.clean[t]) for c in clips for t in range(4)]
+    assert results["light"]["rainy input"]["psnr_rgb"] == pytest.approx(
+        sum(per_frame) / len(per_frame)
+    )
+    assert "alpha_recall" in results["heavy"]["J4R-Net"]
+    table = markdown_table(results)
+    assert table.count("\n") == 2 + 2 * len(methods)
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_removes_rain():
+    """A floor well under the measured gains (see the model card): catches a broken model."""
+    from j4r.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+    model, _ = load_checkpoint()
+    single, _ = load_checkpoint(DEFAULT_CHECKPOINT / "stage1")
+    results = evaluate(model, single, frames=8, crop=96)
+    for preset in ("light", "heavy"):
+        gain = results[preset]["J4R-Net"]["psnr_y"] - results[preset]["rainy input"]["psnr_y"]
+        assert gain > 4.0, (preset, gain)
+    assert results["heavy"]["J4R-Net"]["alpha_recall"] > 0.3

@@ -1,0 +1,117 @@
+"""`derain run` on local folders: outputs, failures, chunking, the light CLI process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from j4r.checkpoint import load_checkpoint
+from j4r.model import derain_rgb_step
+from pipeline.cli import main
+from pipeline.derain import DerainStage
+from pipeline.video import EncodeOptions, probe, read_chunks
+from tests.conftest import moving_frames_thwc_u8, write_video
+
+
+def derain_run(src, dst, checkpoint, *flags: str) -> int:
+    return main(
+        ["run", str(src), str(dst), "--checkpoint", str(checkpoint), "--no-progress", *flags]
+    )
+
+
+def make_archive(root):
+    write_video(root / "a.mkv", moving_frames_thwc_u8(7, 24, 32, seed=1), fps=25)
+    write_video(
+        root / "sub dir" / "b.mp4",
+        moving_frames_thwc_u8(5, 20, 36, seed=2),
+        fps=Fraction(30000, 1001),
+        codec="libx264",
+    )
+    write_video(
+        root / "sub dir" / "c.avi", moving_frames_thwc_u8(4, 16, 16, seed=3), fps=12, codec="mpeg4"
+    )
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    (root / "empty.mov").write_bytes(b"")
+    (root / "notes.txt").write_text("not a video, not picked up")
+
+
+def test_run_folder_keeps_layout_and_reports_failures(tmp_path, tiny_checkpoint, capsys):
+    make_archive(tmp_path / "in")
+    code = derain_run(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
+    assert code == 1  # two inputs are broken; the others are done
+    out = capsys.readouterr().out
+    assert "3 ok, 2 failed" in out and "broken.mp4" in out and "empty.mov" in out
+    produced = sorted(
+        p.relative_to(tmp_path / "out").as_posix()
+        for p in (tmp_path / "out").rglob("*")
+        if p.is_file()
+    )
+    assert produced == ["a.mp4", "sub dir/b.mp4", "sub dir/c.mp4"]
+    for name, source in (
+        ("a.mp4", "a.mkv"),
+        ("sub dir/b.mp4", "sub dir/b.mp4"),
+        ("sub dir/c.mp4", "sub dir/c.avi"),
+    ):
+        src, dst = probe(tmp_path / "in" / source), probe(tmp_path / "out" / name)
+        assert (dst.frames, dst.width, dst.height, dst.fps) == (
+            src.frames,
+            src.width,
+            src.height,
+            src.fps,
+        )
+
+
+def test_lossless_output_equals_direct_model_inference(tmp_path, tiny_checkpoint):
+    """End to end (decode, net, encode) equals the model on the decoded frames, any chunking."""
+    frames = moving_frames_thwc_u8(9, 24, 32)
+    src = write_video(tmp_path / "clip.mkv", frames)
+    outputs = []
+    for chunk in (2, 16):
+        stage = DerainStage(
+            tiny_checkpoint, device="cpu", chunk_frames=chunk, options=EncodeOptions(lossless=True)
+        )
+        result = stage.process(src, tmp_path / f"out{chunk}" / "clip.mkv")
+        assert result.frames == 9 and len(result.frame_stats) == 9
+        outputs.append(np.concatenate(list(read_chunks(result.output))))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    model, _ = load_checkpoint(tiny_checkpoint)
+    memory, expected = None, []
+    for frame in frames:
+        rgb = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+        derained, _, memory = derain_rgb_step(model, rgb, memory)
+        expected.append((derained[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    np.testing.assert_array_equal(outputs[0], np.stack(expected))
+
+
+def test_single_file_and_lossless_suffix(tmp_path, tiny_checkpoint):
+    src = write_video(tmp_path / "one.mp4", moving_frames_thwc_u8(3, 16, 16), codec="libx264")
+    code = derain_run(src, tmp_path / "o", tiny_checkpoint, "--lossless")
+    assert code == 0
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["one.mkv"]
+
+
+def test_same_stem_inputs_do_not_overwrite_each_other(tmp_path, tiny_checkpoint):
+    write_video(tmp_path / "in" / "x.mkv", moving_frames_thwc_u8(2, 16, 16))
+    write_video(tmp_path / "in" / "x.mp4", moving_frames_thwc_u8(2, 16, 16), codec="libx264")
+    assert derain_run(tmp_path / "in", tmp_path / "o", tiny_checkpoint) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.mp4", "x_mp4.mp4"]
+
+
+def test_missing_source_is_a_usage_error(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from pipeline.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['run', '--help'])\n"
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

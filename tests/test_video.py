@@ -1,0 +1,86 @@
+"""Video I/O: decord in (PyAV fallback), PyAV out, atomic outputs."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from pipeline.video import EncodeOptions, VideoError, VideoWriter, probe, read_chunks
+from tests.conftest import moving_frames_thwc_u8, write_video
+
+
+def test_ffv1_round_trip_is_bit_exact_in_bounded_chunks(tmp_path):
+    frames = moving_frames_thwc_u8(11, 24, 40)
+    path = write_video(tmp_path / "a.mkv", frames, fps=Fraction(30000, 1001))
+    chunks = list(read_chunks(path, chunk_frames=4))
+    assert [len(c) for c in chunks] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(chunks), frames)
+    info = probe(path)
+    assert (info.frames, info.width, info.height) == (11, 40, 24)
+    assert info.fps == Fraction(30000, 1001)
+
+
+def test_writer_keeps_count_size_and_rate(tmp_path):
+    frames = moving_frames_thwc_u8(9, 18, 30)
+    for lossless, fps in ((False, Fraction(24)), (True, Fraction(30000, 1001))):
+        out = tmp_path / ("o.mkv" if lossless else "o.mp4")
+        with VideoWriter(
+            out, fps=fps, width=30, height=18, options=EncodeOptions(lossless=lossless)
+        ) as writer:
+            writer.write(frames)
+            writer.commit()
+        info = probe(out)
+        assert (info.frames, info.width, info.height, info.fps) == (9, 30, 18, fps)
+        decoded = np.concatenate(list(read_chunks(out)))
+        if lossless:
+            np.testing.assert_array_equal(decoded, frames)
+        else:
+            # 4:2:0 H.264 on random colour blocks: compare luma, where detail lives.
+            weights = np.array([0.299, 0.587, 0.114])
+            assert np.abs((decoded.astype(float) - frames) @ weights).mean() < 6
+
+
+def test_odd_sizes_encode_to_h264(tmp_path):
+    frames = moving_frames_thwc_u8(3, 17, 21)
+    with VideoWriter(
+        tmp_path / "odd.mp4", fps=Fraction(25), width=21, height=17, options=EncodeOptions()
+    ) as writer:
+        writer.write(frames)
+        writer.commit()
+    assert probe(tmp_path / "odd.mp4").width == 21
+
+
+def test_an_aborted_write_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "x.mp4"
+    with (
+        pytest.raises(RuntimeError),
+        VideoWriter(out, fps=Fraction(25), width=16, height=16, options=EncodeOptions()) as writer,
+    ):
+        writer.write(moving_frames_thwc_u8(2, 16, 16))
+        raise RuntimeError("decode failed half-way")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a video" * 100])
+def test_unreadable_files_raise_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoError, match=r"bad\.mp4"):
+        probe(path)
+    with pytest.raises(VideoError, match=r"bad\.mp4"):
+        list(read_chunks(path))
+
+
+def test_truncated_file_yields_only_decodable_frames(tmp_path):
+    frames = moving_frames_thwc_u8(30, 32, 48)
+    path = write_video(tmp_path / "t.mp4", frames, codec="libx264")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    try:
+        decoded = np.concatenate(list(read_chunks(cut, chunk_frames=8)))
+    except VideoError:
+        return  # a clear error is an acceptable outcome for a truncated MP4 (moov at the end)
+    assert 0 < len(decoded) <= 30
