@@ -24,8 +24,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         ".avi .mov .mpg ...) into the folder DST. Each output keeps its relative path and name "
         "stem, frame count, size and frame rate. Outputs appear only when complete.",
     )
-    p.add_argument("src", type=Path, help="a video file or a folder of videos")
-    p.add_argument("dst", type=Path, help="output folder (created if missing)")
+    p.add_argument("src", help="a video file or folder: local path, file:// or s3://bucket/prefix")
+    p.add_argument("dst", help="output folder: local path, file:// or s3://bucket/prefix")
     p.add_argument(
         "--lossless", action="store_true", help="write FFV1 in .mkv (default: H.264 .mp4)"
     )
@@ -35,6 +35,30 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded at a time")
+    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--force", action="store_true", help="redo videos a manifest marks done")
+    p.add_argument("--max-videos", type=int, help="process at most this many videos")
+    p.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph); AWS_ENDPOINT_URL works too"
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra fsspec/s3fs option, e.g. anon=true (credentials: use the AWS chain)",
+    )
+    p.add_argument(
+        "--runner",
+        choices=["ray", "sequential"],
+        default="ray",
+        help="ray (default: a local Ray sized to the machine, or --address) or sequential",
+    )
+    p.add_argument("--address", help="Ray cluster to join: auto or ray://HOST:PORT")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors (one model each)")
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) per actor"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_run)
 

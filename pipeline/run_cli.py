@@ -1,63 +1,116 @@
-"""``derain run``: local files and folders, with a progress bar and a summary."""
+"""``derain run``: local paths or object storage, sequential or on Ray, with manifests."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from pipeline.derain import DerainStage
-from pipeline.local_run import Outcome, count_frames, discover, plan, run_jobs
-from pipeline.video import EncodeOptions
+
+
+def parse_storage_options(pairs: list[str], endpoint_url: str | None) -> dict[str, Any]:
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--storage-option {pair!r} is not KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    return options
+
+
+def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.video import EncodeOptions
+
+    return {
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "device": args.device,
+        "chunk_frames": args.chunk_frames,
+        "options": EncodeOptions(lossless=args.lossless, crf=args.crf),
+    }
+
+
+def make_runner(args: argparse.Namespace, kwargs: dict[str, Any]):
+    if args.runner == "sequential":
+        from pipeline.derain import DerainStage
+        from pipeline.runners import SequentialRunner
+
+        return SequentialRunner(lambda: DerainStage(**kwargs))
+    from pipeline.ray_runner import RayRunner
+
+    gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
+    return RayRunner(
+        kwargs,
+        workers=args.workers,
+        address=args.address,
+        gpus_per_worker=gpus,
+        cpus_per_worker=args.cpus_per_worker,
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from j4r.checkpoint import CheckpointError
+    from j4r.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_info
+    from pipeline.archive import ArchiveJob, run_archive
+    from pipeline.storage import StorageError, list_videos, open_location
 
     try:
-        root, videos = discover(args.src)
-    except FileNotFoundError as exc:
+        options = parse_storage_options(args.storage_option, args.endpoint_url)
+        if not list_videos(open_location(args.src, options)):
+            print(
+                f"derain run: no videos under {args.src} (looked for .mp4 .mkv .avi .mov .mpg ...)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        info = read_info(args.checkpoint or DEFAULT_CHECKPOINT)
+    except (ValueError, CheckpointError, StorageError, FileNotFoundError) as exc:
         print(f"derain run: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not videos:
-        print(
-            f"derain run: no videos under {args.src} (looked for .mp4 .mkv .avi .mov .mpg ...)",
-            file=sys.stderr,
+    kwargs = stage_kwargs(args)
+    job = ArchiveJob(
+        source=str(args.src),
+        destination=str(args.dst),
+        manifest=args.manifest,
+        storage_options=options,
+        extension=kwargs["options"].extension,
+        force=args.force,
+        max_videos=args.max_videos,
+    )
+    runner = make_runner(args, kwargs)
+    bar = tqdm(total=0, unit="video", desc="derain", disable=args.no_progress)
+
+    def planned(count: int) -> None:
+        bar.total = count
+        bar.refresh()
+
+    def finished(task, row) -> None:
+        if row.status != "ok":
+            bar.write(f"FAILED {task.source.url}: {row.error_type}: {row.error_message}")
+        bar.update(1)
+
+    try:
+        summary = run_archive(
+            job,
+            runner,
+            model_name=info.name,
+            model_version=info.version,
+            on_planned=planned,
+            on_result=finished,
         )
-        return EXIT_USAGE
-    options = EncodeOptions(lossless=args.lossless, crf=args.crf)
-    jobs = plan(root, videos, args.dst, options)
-    stage = DerainStage(
-        args.checkpoint, device=args.device, chunk_frames=args.chunk_frames, options=options
-    )
-    try:
-        stage.setup()
-    except (CheckpointError, FileNotFoundError) as exc:
-        print(f"derain run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    bar = tqdm(total=count_frames(jobs), unit="frame", desc="derain", disable=args.no_progress)
-
-    def report(outcome: Outcome) -> None:
-        if not outcome.ok:
-            bar.write(f"FAILED {outcome.job.source}: {outcome.error}")
-
-    outcomes = run_jobs(jobs, stage, on_frames=bar.update, on_outcome=report)
-    bar.close()
-    return summarise(outcomes, stage)
-
-
-def summarise(outcomes: list[Outcome], stage: DerainStage) -> int:
-    done = [o for o in outcomes if o.ok]
-    failed = [o for o in outcomes if not o.ok]
-    frames = sum(o.result.frames for o in done)
-    seconds = sum(o.result.seconds for o in done)
-    rate = frames / seconds if seconds else 0.0
+    finally:
+        bar.close()
+        runner.close()
     print(
-        f"derain run: {len(done)} ok, {len(failed)} failed; {frames} frames in {seconds:.1f} s "
-        f"({rate:.1f} frames/s) on {stage.device} with {stage.info.name} {stage.info.version}"
+        f"derain run: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} "
+        f"frames/s); {info.name} {info.version}; {summary.runner}; run {summary.run_id}"
     )
-    for outcome in failed:
-        print(f"  failed: {outcome.job.source}: {outcome.error}")
-    return EXIT_FAILED if failed else EXIT_OK
+    print(f"  manifests: {summary.manifest_url}")
+    for url, error in summary.failures:
+        print(f"  failed: {url}: {error}")
+    return EXIT_FAILED if summary.failed else EXIT_OK

@@ -65,7 +65,18 @@ def test_train_export_eval_and_run(tmp_path, capsys):
 
     src = write_video(tmp_path / "in.mkv", moving_frames_thwc_u8(4, 16, 24))
     assert (
-        main(["run", str(src), str(tmp_path / "out"), "--checkpoint", str(export), "--no-progress"])
+        main(
+            [
+                "run",
+                str(src),
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(export),
+                "--no-progress",
+                "--runner",
+                "sequential",
+            ]
+        )
         == 0
     )
     assert "1 ok, 0 failed" in capsys.readouterr().out

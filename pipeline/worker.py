@@ -1,0 +1,95 @@
+"""One video, start to finish, on whichever worker holds the stage: download, de-rain, upload.
+
+Runner-agnostic: the sequential runner calls it in-process, a Ray actor calls it remotely.
+Any failure of the video itself becomes a ``failed`` row with its reason; nothing is uploaded
+for it and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.derain import DerainStage, VideoResult
+from pipeline.manifest import FrameRows, VideoRow
+from pipeline.plan import VideoTask
+from pipeline.storage import StorageError, local_copy, open_location, put_file
+from pipeline.video import VideoError
+
+logger = logging.getLogger(__name__)
+
+# Failures that belong to one video; anything else (a bug, out of memory) stops the run.
+VIDEO_FAILURES = (VideoError, StorageError, OSError, ValueError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every task of a run shares (small and picklable: it travels to Ray actors)."""
+
+    run_id: str
+    destination_url: str
+    source_options: dict[str, Any]
+    destination_options: dict[str, Any]
+    workdir: str | None = None
+
+
+def frame_rows(result: VideoResult) -> FrameRows:
+    rows = FrameRows()
+    for index, stats in enumerate(result.frame_stats):
+        rows.frame_index.append(index)
+        rows.timestamp_s.append(index / result.fps if result.fps else 0.0)
+        rows.alpha_mean.append(stats.alpha_mean)
+        rows.alpha_frac.append(stats.alpha_frac)
+        rows.alpha_p95.append(stats.alpha_p95)
+        rows.streak_mean.append(stats.streak_mean)
+        rows.change_mean.append(stats.change_mean)
+    return rows
+
+
+def process_task(
+    stage: DerainStage, task: VideoTask, context: RunContext, worker: str | None = None
+) -> tuple[VideoRow, FrameRows | None]:
+    """De-rain one video from its source URL to its destination key."""
+    if stage.model is None:
+        stage.setup()
+    row = VideoRow(
+        run_id=context.run_id,
+        video_id=task.video_id,
+        source_url=task.source.url,
+        source_key=task.source.key,
+        etag=task.source.etag,
+        status="failed",
+        model_name=stage.info.name,
+        model_version=stage.info.version,
+        model_sha256=stage.info.sha256,
+        device=stage.device,
+        worker=worker or socket.gethostname(),
+        started_at=datetime.now(UTC),
+    )
+    frames = None
+    local_name = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="derain-", dir=context.workdir) as workdir:
+            with local_copy(task.source.url, context.source_options, workdir) as local_source:
+                local_name = str(local_source)
+                local_output = Path(workdir) / f"out{stage.options.extension}"
+                result = stage.process(local_source, local_output)
+            destination = open_location(context.destination_url, context.destination_options)
+            row.output_url = put_file(local_output, destination, task.output_key)
+        row.status = "ok"
+        row.frames, row.fps = result.frames, result.fps
+        row.width, row.height = result.width, result.height
+        row.frames_per_second = result.frames / result.seconds if result.seconds else None
+        row.alpha_mean = result.alpha_mean
+        frames = frame_rows(result)
+    except VIDEO_FAILURES as exc:
+        logger.warning("%s failed: %s", task.source.url, type(exc).__name__)
+        message = str(exc).replace(local_name, task.source.url) if local_name else str(exc)
+        row.error_type, row.error_message = type(exc).__name__, message[:2000]
+    row.finished_at = datetime.now(UTC)
+    return row, frames

@@ -1,0 +1,248 @@
+"""The archive job on a real S3 endpoint: manifests, skip-done, resume, Ray vs sequential."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from pipeline.archive import ArchiveJob, run_archive
+from pipeline.derain import DerainStage
+from pipeline.manifest import ManifestStore
+from pipeline.runners import SequentialRunner
+from pipeline.storage import open_location
+from pipeline.video import EncodeOptions, read_chunks
+from tests.conftest import moving_frames_thwc_u8, write_video
+
+LOSSLESS = EncodeOptions(lossless=True)
+
+
+def upload_archive(fs, bucket, tmp_path, specs):
+    """specs: key -> (frames, height, width, codec) or raw bytes."""
+    for key, spec in specs.items():
+        if isinstance(spec, bytes):
+            fs.pipe(f"{bucket}/in/{key}", spec)
+            continue
+        frames, h, w, codec = spec
+        local = tmp_path / "src" / key
+        write_video(
+            local, moving_frames_thwc_u8(frames, h, w, seed=len(key)), codec=codec, fps=Fraction(25)
+        )
+        fs.put_file(str(local), f"{bucket}/in/{key}")
+
+
+def job_for(bucket, options, **kw):
+    return ArchiveJob(
+        source=f"s3://{bucket}/in",
+        destination=f"s3://{bucket}/out",
+        storage_options=options,
+        extension=".mkv",
+        **kw,
+    )
+
+
+def sequential(checkpoint):
+    return SequentialRunner(lambda: DerainStage(checkpoint, device="cpu", options=LOSSLESS))
+
+
+def store_of(bucket, options):
+    return ManifestStore(open_location(f"s3://{bucket}/out/_manifests", options))
+
+
+SPECS = {
+    "cam 1/ü.mkv": (6, 16, 24, "ffv1"),
+    "cam2/b.mp4": (5, 24, 32, "libx264"),
+    "c.mkv": (4, 16, 16, "ffv1"),
+    "broken.mp4": b"\x00\x00\x00\x18ftypmp42" + b"junk" * 40,
+    "zero.mov": b"",
+}
+
+
+def test_archive_on_s3_writes_outputs_and_committed_manifests(s3, tmp_path, tiny_checkpoint):
+    fs, bucket, options = s3
+    upload_archive(fs, bucket, tmp_path, SPECS)
+    summary = run_archive(
+        job_for(bucket, options),
+        sequential(tiny_checkpoint),
+        model_name="j4r-tiny",
+        model_version="test",
+    )
+    assert (summary.ok, summary.failed, summary.skipped) == (3, 2, 0)
+    assert fs.exists(f"{bucket}/out/cam 1/ü.mkv") and fs.exists(f"{bucket}/out/cam2/b.mkv")
+    store = store_of(bucket, options)
+    videos = store.read("videos").to_pylist()
+    frames = store.read("frames").to_pylist()
+    by_status = {}
+    for row in videos:
+        by_status.setdefault(row["status"], []).append(row)
+    assert len(by_status["ok"]) == 3 and len(by_status["failed"]) == 2
+    assert all(r["error_type"] == "VideoError" and r["error_message"] for r in by_status["failed"])
+    assert all(r["model_version"] == "test" and r["run_id"] == summary.run_id for r in videos)
+    assert len(frames) == 6 + 5 + 4 == summary.frames
+    pairs = {(f["video_id"], f["frame_index"]) for f in frames}
+    assert len(pairs) == len(frames)  # every frame exactly once
+    assert all(0 <= f["alpha_mean"] <= 1 and f["alpha_p95"] >= 0 for f in frames)
+    # Readers of the hive layout work too (pyarrow.dataset over s3fs).
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(
+        f"{bucket}/out/_manifests/frames", filesystem=fs, format="parquet", partitioning="hive"
+    )
+    assert dataset.to_table().num_rows == len(frames)
+
+    again = run_archive(
+        job_for(bucket, options),
+        sequential(tiny_checkpoint),
+        model_name="j4r-tiny",
+        model_version="test",
+    )
+    assert (again.ok, again.failed, again.skipped) == (0, 2, 3)  # failures are retried
+    forced = run_archive(
+        job_for(bucket, options, force=True),
+        sequential(tiny_checkpoint),
+        model_name="j4r-tiny",
+        model_version="test",
+    )
+    assert (forced.ok, forced.skipped) == (3, 0)
+    new_model = run_archive(
+        job_for(bucket, options),
+        sequential(tiny_checkpoint),
+        model_name="j4r-tiny",
+        model_version="test-2",
+    )
+    assert new_model.ok == 3  # a new model version redoes everything
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAfter:
+    """Wraps a runner and dies after ``n`` finished videos, like a killed driver."""
+
+    def __init__(self, runner, n):
+        self.runner, self.n, self.description = runner, n, runner.description
+
+    def run(self, tasks, context):
+        for i, result in enumerate(self.runner.run(tasks, context)):
+            yield result
+            if i + 1 == self.n:
+                raise Interrupted
+
+    def close(self):
+        pass
+
+
+def test_interrupted_run_resumes_and_commits_every_frame_once(s3, tmp_path, tiny_checkpoint):
+    fs, bucket, options = s3
+    upload_archive(fs, bucket, tmp_path, {k: v for k, v in SPECS.items() if k != "zero.mov"})
+    runner = sequential(tiny_checkpoint)
+    with pytest.raises(Interrupted):
+        run_archive(
+            job_for(bucket, options), StopAfter(runner, 2), model_name="m", model_version="v"
+        )
+    store = store_of(bucket, options)
+    assert store.read("videos").num_rows == 0  # nothing committed: readers see nothing
+    assert len(store.uncommitted_runs()) == 1
+    summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
+    assert summary.run_id == store.commits()[0]["run_id"]
+    assert summary.resumed_from_previous == 1  # broken.mp4 failed: it is tried again
+    assert (summary.ok, summary.failed) == (3, 1)
+    frames = store.read("frames").to_pylist()
+    assert len(frames) == 15
+    assert len({(f["video_id"], f["frame_index"]) for f in frames}) == 15
+    assert store.uncommitted_runs() == []
+
+
+def decoded_outputs(fs, bucket, tmp_path, name):
+    out = {}
+    for key in sorted(fs.find(f"{bucket}/out")):
+        if "_manifests" in key:
+            continue
+        local = tmp_path / name / key.replace("/", "_")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(local))
+        out[key] = np.concatenate(list(read_chunks(local)))
+    return out
+
+
+@pytest.mark.ray
+def test_ray_runner_matches_sequential(s3, tmp_path, tiny_checkpoint, ray_session):
+    from pipeline.ray_runner import RayRunner
+
+    fs, bucket, options = s3
+    upload_archive(fs, bucket, tmp_path, SPECS)
+    run_archive(
+        job_for(bucket, options), sequential(tiny_checkpoint), model_name="m", model_version="v"
+    )
+    reference = decoded_outputs(fs, bucket, tmp_path, "seq")
+    ref_frames = (
+        store_of(bucket, options)
+        .read("frames")
+        .sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
+    )
+    fs.rm(f"{bucket}/out", recursive=True)
+    runner = RayRunner(
+        {"checkpoint": str(tiny_checkpoint), "device": "cpu", "options": LOSSLESS}, workers=2
+    )
+    try:
+        summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
+    finally:
+        runner.close()
+    assert (summary.ok, summary.failed) == (3, 2)
+    assert "ray, 2 actor(s)" in summary.runner
+    produced = decoded_outputs(fs, bucket, tmp_path, "ray")
+    assert produced.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_array_equal(produced[key], reference[key])
+    frames = (
+        store_of(bucket, options)
+        .read("frames")
+        .sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
+    )
+    assert frames.column("alpha_mean").to_pylist() == pytest.approx(
+        ref_frames.column("alpha_mean").to_pylist(), abs=1e-6
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_actor_is_restarted_and_its_video_redone(s3, tmp_path, tiny_checkpoint, ray_session):
+    from pipeline.ray_runner import RayRunner
+
+    fs, bucket, options = s3
+    specs = {f"v{i}.mkv": (40, 48, 64, "ffv1") for i in range(4)}
+    upload_archive(fs, bucket, tmp_path, specs)
+    runner = RayRunner(
+        {
+            "checkpoint": str(tiny_checkpoint),
+            "device": "cpu",
+            "options": LOSSLESS,
+            "chunk_frames": 4,
+        },
+        workers=1,
+    )
+    first_pid = runner.actor_pids[0]
+
+    def kill_soon():
+        time.sleep(1.0)
+        os.kill(first_pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    try:
+        summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
+        restarted_pid = runner.actor_pids[0]
+    finally:
+        killer.join()
+        runner.close()
+    assert restarted_pid != first_pid  # the actor really died and came back
+    assert (summary.ok, summary.failed) == (4, 0)
+    frames = store_of(bucket, options).read("frames").to_pylist()
+    assert len(frames) == 160
+    assert len({(f["video_id"], f["frame_index"]) for f in frames}) == 160
