@@ -123,6 +123,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
+def _add_manifest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="summarise the runs recorded under a destination",
+        description="Lists the committed runs in DST/_manifests (or --manifest) with their "
+        "counts, and any run that never committed (interrupted: re-running resumes it).",
+    )
+    p.add_argument("dst", help="the destination given to `derain run`")
+    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_manifest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derain",
@@ -130,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_train, _add_eval, _add_demo):
+    for add in (_add_run, _add_manifest, _add_train, _add_eval, _add_demo):
         add(sub)
     return parser
 
@@ -139,6 +154,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run_cli import run_command
 
     return run_command(args)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from pipeline.manifest_cli import manifest_command
+
+    return manifest_command(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

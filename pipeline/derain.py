@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.overlap import BackgroundSink, prefetch
 from pipeline.video import EncodeOptions, VideoWriter, probe, read_chunks
 
 logger = logging.getLogger(__name__)
@@ -159,14 +160,24 @@ class DerainStage:
         info = probe(source)
         stats: list[FrameStats] = []
         with VideoWriter(
-            output, fps=info.fps, width=info.width, height=info.height, options=self.options
+            output,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            options=self.options,
+            audio_source=source,
         ) as writer:
-            chunks = read_chunks(source, self.chunk_frames)
-            for frames, chunk_stats in derain_frames(self.model, chunks, device=self.device):
-                writer.write(frames)
-                stats += chunk_stats
-                if on_frames:
-                    on_frames(len(frames))
+            # Decode ahead and encode behind the network, two chunks of slack each way.
+            chunks = prefetch(read_chunks(source, self.chunk_frames), depth=2)
+            sink = BackgroundSink(writer.write, depth=2)
+            try:
+                for frames, chunk_stats in derain_frames(self.model, chunks, device=self.device):
+                    sink.put(frames)
+                    stats += chunk_stats
+                    if on_frames:
+                        on_frames(len(frames))
+            finally:
+                sink.close()
             final = writer.commit()
         return VideoResult(
             source=str(source),

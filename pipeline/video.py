@@ -21,6 +21,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".mpg", ".mpeg", ".m4v", ".webm")
+MP4_AUDIO_CODECS = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 
 class VideoError(RuntimeError):
@@ -151,6 +152,7 @@ class VideoWriter:
         width: int,
         height: int,
         options: EncodeOptions,
+        audio_source: str | Path | None = None,
     ):
         import av
 
@@ -176,6 +178,43 @@ class VideoWriter:
         stream.time_base = 1 / rate
         self._stream = stream
         self.frames_written = 0
+        self._audio = None
+        try:
+            self._audio = self._open_audio(audio_source, options) if audio_source else None
+        except Exception:
+            self.abort()
+            raise
+
+    def _open_audio(self, source: str | Path, options: EncodeOptions):
+        """Add the source's first audio stream (copied, not re-encoded) when it fits."""
+        import av
+
+        container = av.open(str(source))
+        if not container.streams.audio:
+            container.close()
+            return None
+        in_stream = container.streams.audio[0]
+        codec = in_stream.codec_context.name
+        if not options.lossless and codec not in MP4_AUDIO_CODECS:
+            logger.warning(
+                "%s: %s audio cannot go into .mp4; dropped (use --lossless for .mkv)", source, codec
+            )
+            container.close()
+            return None
+        out_stream = self._container.add_stream_from_template(in_stream)
+        return container, in_stream, out_stream
+
+    def _copy_audio(self) -> None:
+        container, in_stream, out_stream = self._audio
+        try:
+            for packet in container.demux(in_stream):
+                if packet.dts is None:  # the demuxer's end-of-stream marker
+                    continue
+                packet.stream = out_stream
+                self._container.mux(packet)
+        finally:
+            container.close()
+            self._audio = None
 
     def write(self, frames_thwc_u8: np.ndarray) -> None:
         import av
@@ -188,12 +227,17 @@ class VideoWriter:
 
     def commit(self) -> Path:
         self._container.mux(self._stream.encode(None))
+        if self._audio:
+            self._copy_audio()
         self._container.close()
         self._container = None
         os.replace(self.tmp_path, self.final_path)
         return self.final_path
 
     def abort(self) -> None:
+        if self._audio:
+            self._audio[0].close()
+            self._audio = None
         if self._container is not None:
             with contextlib.suppress(Exception):
                 self._container.close()

@@ -34,8 +34,14 @@ def moving_frames_thwc_u8(frames: int, height: int, width: int, seed: int = 0) -
 
 
 def write_video(
-    path: Path, frames_thwc_u8: np.ndarray, *, fps: Fraction | int = 25, codec: str = "ffv1"
+    path: Path,
+    frames_thwc_u8: np.ndarray,
+    *,
+    fps: Fraction | int = 25,
+    codec: str = "ffv1",
+    audio_seconds: float = 0.0,
 ) -> Path:
+    """Encode test frames (and, if asked, a 440 Hz AAC tone) with PyAV."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +50,19 @@ def write_video(
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height = frames_thwc_u8.shape[2], frames_thwc_u8.shape[1]
         stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        audio = container.add_stream("aac", rate=44100) if audio_seconds else None
         for rgb in frames_thwc_u8:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))
+        if audio is not None:
+            t = np.arange(int(44100 * audio_seconds)) / 44100
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, len(tone), 1024):
+                block = tone[None, start : start + 1024]
+                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+                frame.sample_rate = 44100
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
     return path
 
 

@@ -246,3 +246,47 @@ def test_killed_actor_is_restarted_and_its_video_redone(s3, tmp_path, tiny_check
     frames = store_of(bucket, options).read("frames").to_pylist()
     assert len(frames) == 160
     assert len({(f["video_id"], f["frame_index"]) for f in frames}) == 160
+
+
+@pytest.mark.ray
+def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
+    """Mixed sizes, codecs and frame rates; odd keys; a key with '..' never escapes DST."""
+    from pipeline.ray_runner import RayRunner
+
+    fs, bucket, options = s3
+    codecs = ["ffv1", "libx264", "mpeg4"]
+    rates = [Fraction(25), Fraction(30000, 1001), Fraction(12), Fraction(60)]
+    expected = {}
+    for i in range(20):
+        codec = codecs[i % 3]
+        ext = {"ffv1": ".mkv", "libx264": ".mp4", "mpeg4": ".avi"}[codec]
+        key = [f"plain{i}{ext}", f"with space/ü {i}{ext}", f"deep/a/b/{i}{ext}"][i % 3]
+        h, w = (16 + 8 * (i % 3), 24 + 8 * (i % 4))
+        frames = 3 + i % 5
+        local = write_video(
+            tmp_path / "src" / f"{i}{ext}",
+            moving_frames_thwc_u8(frames, h, w, seed=i),
+            codec=codec,
+            fps=rates[i % 4],
+        )
+        fs.put_file(str(local), f"{bucket}/in/{key}")
+        expected[key.rsplit(".", 1)[0] + ".mkv"] = (frames, w, h, rates[i % 4])
+    fs.pipe(f"{bucket}/in/sneaky/../../escape.mp4", b"x")
+    runner = RayRunner(
+        {"checkpoint": str(tiny_checkpoint), "device": "cpu", "options": LOSSLESS}, workers=2
+    )
+    try:
+        summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
+    finally:
+        runner.close()
+    assert (summary.ok, summary.failed) == (20, 0)
+    assert not fs.exists(f"{bucket}/escape.mkv") and not fs.exists(f"{bucket}/escape.mp4")
+    from pipeline.video import probe
+
+    for key, (frames, w, h, fps) in expected.items():
+        local = tmp_path / "check.mkv"
+        fs.get_file(f"{bucket}/out/{key}", str(local))
+        info = probe(local)
+        assert (info.frames, info.width, info.height, info.fps) == (frames, w, h, fps), key
+    videos = store_of(bucket, options).read("videos").to_pylist()
+    assert len({r["worker"] for r in videos}) == 2  # both actors took work

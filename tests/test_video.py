@@ -84,3 +84,39 @@ def test_truncated_file_yields_only_decodable_frames(tmp_path):
     except VideoError:
         return  # a clear error is an acceptable outcome for a truncated MP4 (moov at the end)
     assert 0 < len(decoded) <= 30
+
+
+def audio_packets(path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return 0
+        return sum(1 for p in container.demux(container.streams.audio[0]) if p.size)
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_audio_is_carried_over(tmp_path, tiny_checkpoint, lossless):
+    from pipeline.derain import DerainStage
+
+    src = write_video(
+        tmp_path / "a.mp4", moving_frames_thwc_u8(10, 16, 16), codec="libx264", audio_seconds=0.4
+    )
+    stage = DerainStage(tiny_checkpoint, device="cpu", options=EncodeOptions(lossless=lossless))
+    result = stage.process(src, tmp_path / ("o.mkv" if lossless else "o.mp4"))
+    assert result.frames == 10
+    assert audio_packets(result.output) == audio_packets(src) > 10
+
+
+def test_errors_in_the_reader_thread_reach_the_caller():
+    from pipeline.overlap import prefetch
+
+    def items():
+        yield 1
+        raise VideoError("broken at frame 2")
+
+    seen = []
+    with pytest.raises(VideoError, match="frame 2"):
+        for item in prefetch(items()):
+            seen.append(item)
+    assert seen == [1]

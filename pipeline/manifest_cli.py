@@ -1,0 +1,61 @@
+"""``derain manifest DST``: the committed runs (and interrupted ones) under a destination."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import posixpath
+import sys
+
+from pipeline.cli import EXIT_OK, EXIT_USAGE
+
+
+def manifest_command(args: argparse.Namespace) -> int:
+    from pipeline.manifest import ManifestStore
+    from pipeline.run_cli import parse_storage_options
+    from pipeline.storage import StorageError, open_location
+
+    url = args.manifest or posixpath.join(str(args.dst).rstrip("/"), "_manifests")
+    try:
+        options = parse_storage_options(args.storage_option, args.endpoint_url)
+        store = ManifestStore(open_location(url, options))
+        commits = store.commits()
+        pending = store.uncommitted_runs()
+    except (ValueError, StorageError, OSError) as exc:
+        print(f"derain manifest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "committed": [{k: v for k, v in c.items() if k != "files"} for c in commits],
+                    "uncommitted": pending,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not commits and not pending:
+        print(f"derain manifest: no runs under {url}")
+        return EXIT_OK
+    print(
+        f"{'run':<28} {'model':<24} {'ok':>5} {'failed':>6} {'skipped':>7} {'frames':>8} "
+        f"{'seconds':>8}"
+    )
+    for c in commits:
+        model = f"{c.get('model_name', '?')} {c.get('model_version', '?')}"
+        print(
+            f"{c['run_id']:<28} {model:<24} {c.get('ok', 0):>5} {c.get('failed', 0):>6} "
+            f"{c.get('skipped', 0):>7} {c.get('frames', 0):>8} {c.get('seconds', 0):>8.1f}"
+        )
+    for run in pending:
+        print(
+            f"{run['run_id']:<28} not committed (running, or interrupted: `derain run` with "
+            "the same SRC and DST resumes it)"
+        )
+    totals = {k: sum(c.get(k, 0) for c in commits) for k in ("ok", "failed", "frames")}
+    print(
+        f"{len(commits)} committed run(s): {totals['ok']} videos ok, {totals['failed']} failed, "
+        f"{totals['frames']} frames; manifests at {url}"
+    )
+    return EXIT_OK
