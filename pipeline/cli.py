@@ -138,6 +138,24 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_manifest)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="throughput and memory: model-only vs end-to-end, FLOP efficiency, peak RSS",
+        description="Prints a table and writes JSON: model-only and end-to-end frames/s on the "
+        "same frames and device, GFLOPs per frame against a matmul ceiling measured in the same "
+        "run, and peak RSS for a short and a 10x longer video.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--frames", type=int, default=24, help="frames of the short video")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
+    p.set_defaults(handler=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derain",
@@ -145,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_manifest, _add_train, _add_eval, _add_demo):
+    for add in (_add_run, _add_manifest, _add_train, _add_eval, _add_demo, _add_bench):
         add(sub)
     return parser
 
@@ -172,6 +190,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.eval_cli import eval_command
 
     return eval_command(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import bench_command
+
+    return bench_command(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
