@@ -7,6 +7,7 @@ missing input; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -55,12 +56,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="ray (default: a local Ray sized to the machine, or --address) or sequential",
     )
     p.add_argument("--address", help="Ray cluster to join: auto or ray://HOST:PORT")
+    p.add_argument(
+        "--clips-per-worker",
+        type=int,
+        default=1,
+        help="videos each actor de-rains at once, stepped together as one batch (GPU: 4-16)",
+    )
     p.add_argument("--workers", type=int, default=1, help="Ray actors (one model each)")
     p.add_argument(
         "--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) per actor"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_run)
+    p.set_defaults(handler=_lazy("pipeline.run_cli:run_command"))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +94,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=_lazy("pipeline.train_cli:train_command"))
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -106,7 +113,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="writes eval.json, eval.md")
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--crop", type=int, default=192)
-    p.set_defaults(handler=cmd_eval)
+    p.set_defaults(handler=_lazy("pipeline.eval_cli:eval_command"))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -114,13 +121,23 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="synthesise a few rainy clips and de-rain them (the quick start)",
         description="Writes OUT/rainy/*.mp4 (synthetic rain over held-out clean footage), runs "
-        "`derain run` on them into OUT/derained/, and prints PSNR before and after. Side-by-side "
-        "PNGs land in OUT/compare/.",
+        "the archive job on them (local Ray by default) into OUT/derained/ with manifests, and "
+        "prints PSNR before and after. Side-by-side PNGs land in OUT/compare/.",
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--frames", type=int, default=30)
-    p.set_defaults(handler=cmd_demo)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument(
+        "--runner",
+        choices=["ray", "sequential"],
+        default="ray",
+        help="ray (a local instance, default) or sequential",
+    )
+    p.add_argument("--address", help="Ray cluster to join instead of a local instance")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_lazy("pipeline.demo:demo_command"))
 
 
 def _add_manifest(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +152,7 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint-url", help="S3-compatible endpoint")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_manifest)
+    p.set_defaults(handler=_lazy("pipeline.manifest_cli:manifest_command"))
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -153,7 +170,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=24, help="frames of the short video")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
-    p.set_defaults(handler=cmd_bench)
+    p.set_defaults(handler=_lazy("pipeline.bench:bench_command"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,40 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run_cli import run_command
+def _lazy(target: str):
+    """A handler that imports its module only when the sub-command runs (keeps --help light)."""
 
-    return run_command(args)
+    def handler(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(args)
 
-
-def cmd_manifest(args: argparse.Namespace) -> int:
-    from pipeline.manifest_cli import manifest_command
-
-    return manifest_command(args)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.train_cli import train_command
-
-    return train_command(args)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.eval_cli import eval_command
-
-    return eval_command(args)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import bench_command
-
-    return bench_command(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import demo_command
-
-    return demo_command(args)
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:

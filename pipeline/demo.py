@@ -34,41 +34,52 @@ def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
 def demo_command(args: argparse.Namespace) -> int:
     from skimage import io
 
+    from j4r.checkpoint import DEFAULT_CHECKPOINT, read_info
     from j4r.evaluate import build_eval_set
     from j4r.sources import MissingContentError
-    from pipeline.derain import DerainStage
+    from pipeline.archive import ArchiveJob, run_archive
+    from pipeline.run_cli import make_runner
 
     out: Path = args.out
     try:
-        sets = {p: build_eval_set(p, frames=args.frames, crop=256) for p in ("light", "heavy")}
+        sets = {p: build_eval_set(p, frames=args.frames, crop=192) for p in ("light", "heavy")}
     except MissingContentError as exc:
         print(f"derain demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    stage = DerainStage(args.checkpoint)
-    stage.setup()
-    print(f"derain demo: {stage.info.name} {stage.info.version} on {stage.device}")
-    print(f"{'clip':<24} {'rain':<6} {'PSNR rainy':>10} {'PSNR derained':>14} {'frames/s':>9}")
-    failures = 0
+    clean_by_stem = {}
     for name, preset in DEMO_CLIPS:
         clip = next(c for c in sets[preset] if c.name == name)
         stem = f"{name.replace('#', '-').replace('.', '_')}-{preset}"
-        rainy_path = out / "rainy" / f"{stem}.mp4"
-        write_clip(rainy_path, clip.rainy)
-        result = stage.process(rainy_path, out / "derained" / f"{stem}.mp4")
-        rainy, derained = read_all(rainy_path), read_all(Path(result.output))
-        clean = (clip.clean.permute(0, 2, 3, 1) * 255).round().byte().numpy()
-        before, after = psnr_u8(rainy, clean), psnr_u8(derained, clean)
-        failures += len(derained) != len(rainy)
-        print(
-            f"{name:<24} {preset:<6} {before:>10.2f} {after:>14.2f} "
-            f"{result.frames / result.seconds:>9.1f}"
+        write_clip(out / "rainy" / f"{stem}.mp4", clip.rainy)
+        clean_by_stem[stem] = (clip.clean.permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    info = read_info(args.checkpoint or DEFAULT_CHECKPOINT)
+    runner = make_runner(
+        args, {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "device": "auto"}
+    )
+    try:
+        summary = run_archive(
+            ArchiveJob(source=str(out / "rainy"), destination=str(out / "derained"), force=True),
+            runner,
+            model_name=info.name,
+            model_version=info.version,
         )
+    finally:
+        runner.close()
+    print(
+        f"derain demo: {info.name} {info.version}; {summary.runner}; "
+        f"{summary.frames} frames at {summary.frames_per_second:.1f} frames/s"
+    )
+    print(f"{'clip':<28} {'PSNR rainy':>10} {'PSNR derained':>14}")
+    (out / "compare").mkdir(parents=True, exist_ok=True)
+    for stem, clean in clean_by_stem.items():
+        rainy = read_all(out / "rainy" / f"{stem}.mp4")
+        derained = read_all(out / "derained" / f"{stem}.mp4")
+        print(f"{stem:<28} {psnr_u8(rainy, clean):>10.2f} {psnr_u8(derained, clean):>14.2f}")
         middle = len(clean) // 2
         panel = np.concatenate([rainy[middle], derained[middle], clean[middle]], axis=1)
-        (out / "compare").mkdir(parents=True, exist_ok=True)
         io.imsave(out / "compare" / f"{stem}.png", panel, check_contrast=False)
     print(
-        f"derain demo: videos in {out / 'derained'}, rainy | derained | clean PNGs in "
-        f"{out / 'compare'}"
+        f"derain demo: videos in {out / 'derained'}, manifests in {summary.manifest_url}, "
+        f"rainy | derained | clean PNGs in {out / 'compare'}"
     )
-    return EXIT_FAILED if failures else EXIT_OK
+    return EXIT_FAILED if summary.failed else EXIT_OK

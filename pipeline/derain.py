@@ -85,13 +85,17 @@ def frame_stats(out, luma_b1hw) -> list[FrameStats]:
 
 
 def derain_frames(
-    model, chunks_thwc_u8: Iterable[np.ndarray], *, device: str
+    step: Callable, chunks_thwc_u8: Iterable[np.ndarray], *, device: str
 ) -> Iterator[tuple[np.ndarray, list[FrameStats]]]:
-    """Stream chunks of one clip through the net, carrying its memory across chunks."""
+    """Stream chunks of one clip through ``step``, carrying its memory across chunks.
+
+    ``step(rgb (1, 3, h, w), memory) -> (rgb, StepOutput, memory)`` is the network on its own
+    (:func:`j4r.model.derain_rgb_step`) or a :class:`~pipeline.batching.StepBatcher` that runs
+    it for several clips at once.
+    """
     import torch
 
     from j4r.color import rgb_to_luma
-    from j4r.model import derain_rgb_step
 
     memory = None
     for chunk in chunks_thwc_u8:
@@ -99,7 +103,7 @@ def derain_frames(
         outputs, stats = [], []
         for t in range(rgb_tchw.shape[0]):
             frame = rgb_tchw[t : t + 1]
-            derained, out, memory = derain_rgb_step(model, frame, memory)
+            derained, out, memory = step(frame, memory)
             outputs.append(derained)
             stats += frame_stats(out, rgb_to_luma(frame))
         yield tchw_float_to_frames_thwc_u8(torch.cat(outputs)), stats
@@ -121,11 +125,14 @@ class DerainStage:
         device: str = "auto",
         chunk_frames: int = 16,
         options: EncodeOptions | None = None,
+        clips_per_batch: int = 1,
     ):
         self.checkpoint = checkpoint
         self.requested_device = device
         self.chunk_frames = chunk_frames
         self.options = options or EncodeOptions()
+        self.clips_per_batch = clips_per_batch  # >1: concurrent process() calls share batches
+        self.batcher = None
         self.model = None
         self.info = None
         self.device = "cpu"
@@ -145,7 +152,18 @@ class DerainStage:
         else:
             self.device = self.requested_device
         self.model, self.info = load_checkpoint(self.checkpoint, device=self.device)
+        if self.clips_per_batch > 1:
+            from pipeline.batching import StepBatcher
+
+            self.batcher = StepBatcher(self.model, max_batch=self.clips_per_batch)
         logger.info("loaded %s %s on %s", self.info.name, self.info.version, self.device)
+
+    def _step(self, rgb_b3hw, memory):
+        from j4r.model import derain_rgb_step
+
+        if self.batcher:
+            return self.batcher.step(rgb_b3hw, memory)
+        return derain_rgb_step(self.model, rgb_b3hw, memory)
 
     def process(
         self,
@@ -170,13 +188,17 @@ class DerainStage:
             # Decode ahead and encode behind the network, two chunks of slack each way.
             chunks = prefetch(read_chunks(source, self.chunk_frames), depth=2)
             sink = BackgroundSink(writer.write, depth=2)
+            if self.batcher:
+                self.batcher.register()
             try:
-                for frames, chunk_stats in derain_frames(self.model, chunks, device=self.device):
+                for frames, chunk_stats in derain_frames(self._step, chunks, device=self.device):
                     sink.put(frames)
                     stats += chunk_stats
                     if on_frames:
                         on_frames(len(frames))
             finally:
+                if self.batcher:
+                    self.batcher.unregister()
                 sink.close()
             final = writer.commit()
         return VideoResult(

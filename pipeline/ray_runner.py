@@ -71,7 +71,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
 
 class RayRunner:
-    """``workers`` actors; one video per actor at a time; resubmits videos of dead actors."""
+    """``workers`` actors, each de-raining ``clips_per_worker`` videos at once as one batch.
+
+    Videos of an actor that dies are resubmitted once it has been restarted.
+    """
 
     def __init__(
         self,
@@ -81,11 +84,15 @@ class RayRunner:
         address: str | None = None,
         gpus_per_worker: float = 0.0,
         cpus_per_worker: float = 1.0,
+        clips_per_worker: int = 1,
         max_attempts: int = 3,
     ):
         connect(address)
         self.max_attempts = max_attempts
+        self.clips_per_worker = clips_per_worker
+        stage_kwargs = {**stage_kwargs, "clips_per_batch": clips_per_worker}
         actor_cls = ray.remote(DerainActor).options(
+            max_concurrency=clips_per_worker + 1,  # + 1 keeps info() answering while busy
             num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker,
             max_restarts=max_attempts,
@@ -96,7 +103,9 @@ class RayRunner:
         ]
         infos = ray.get([a.info.remote() for a in self.actors])
         self._info = infos[0]
-        self.description = f"ray, {workers} actor(s) on {infos[0]['device']}"
+        self.description = (
+            f"ray, {workers} actor(s) x {clips_per_worker} clip(s) on {infos[0]['device']}"
+        )
 
     @property
     def actor_pids(self) -> list[int]:
@@ -106,7 +115,7 @@ class RayRunner:
         queue = list(reversed(tasks))
         attempts: dict[str, int] = {}
         in_flight: dict[Any, tuple[VideoTask, Any]] = {}
-        idle = list(self.actors)
+        idle = [actor for actor in self.actors for _ in range(self.clips_per_worker)]
         while queue or in_flight:
             while queue and idle:
                 task, actor = queue.pop(), idle.pop()

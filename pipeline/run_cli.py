@@ -35,6 +35,7 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make_runner(args: argparse.Namespace, kwargs: dict[str, Any]):
+    """The runner ``args.runner`` names, holding stages built from ``kwargs``."""
     if args.runner == "sequential":
         from pipeline.derain import DerainStage
         from pipeline.runners import SequentialRunner
@@ -49,6 +50,7 @@ def make_runner(args: argparse.Namespace, kwargs: dict[str, Any]):
         address=args.address,
         gpus_per_worker=gpus,
         cpus_per_worker=args.cpus_per_worker,
+        clips_per_worker=getattr(args, "clips_per_worker", 1),
     )
 
 

@@ -159,6 +159,17 @@ def test_interrupted_run_resumes_and_commits_every_frame_once(s3, tmp_path, tiny
     assert store.uncommitted_runs() == []
 
 
+def run_on_ray(bucket, options, checkpoint, workers, clips_per_worker=1):
+    from pipeline.ray_runner import RayRunner
+
+    stage = {"checkpoint": str(checkpoint), "device": "cpu", "options": LOSSLESS}
+    runner = RayRunner(stage, workers=workers, clips_per_worker=clips_per_worker)
+    try:
+        return run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
+    finally:
+        runner.close()
+
+
 def decoded_outputs(fs, bucket, tmp_path, name):
     out = {}
     for key in sorted(fs.find(f"{bucket}/out")):
@@ -173,7 +184,6 @@ def decoded_outputs(fs, bucket, tmp_path, name):
 
 @pytest.mark.ray
 def test_ray_runner_matches_sequential(s3, tmp_path, tiny_checkpoint, ray_session):
-    from pipeline.ray_runner import RayRunner
 
     fs, bucket, options = s3
     upload_archive(fs, bucket, tmp_path, SPECS)
@@ -187,13 +197,7 @@ def test_ray_runner_matches_sequential(s3, tmp_path, tiny_checkpoint, ray_sessio
         .sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
     )
     fs.rm(f"{bucket}/out", recursive=True)
-    runner = RayRunner(
-        {"checkpoint": str(tiny_checkpoint), "device": "cpu", "options": LOSSLESS}, workers=2
-    )
-    try:
-        summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
-    finally:
-        runner.close()
+    summary = run_on_ray(bucket, options, tiny_checkpoint, workers=2)
     assert (summary.ok, summary.failed) == (3, 2)
     assert "ray, 2 actor(s)" in summary.runner
     produced = decoded_outputs(fs, bucket, tmp_path, "ray")
@@ -251,7 +255,6 @@ def test_killed_actor_is_restarted_and_its_video_redone(s3, tmp_path, tiny_check
 @pytest.mark.ray
 def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
     """Mixed sizes, codecs and frame rates; odd keys; a key with '..' never escapes DST."""
-    from pipeline.ray_runner import RayRunner
 
     fs, bucket, options = s3
     codecs = ["ffv1", "libx264", "mpeg4"]
@@ -272,13 +275,7 @@ def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
         fs.put_file(str(local), f"{bucket}/in/{key}")
         expected[key.rsplit(".", 1)[0] + ".mkv"] = (frames, w, h, rates[i % 4])
     fs.pipe(f"{bucket}/in/sneaky/../../escape.mp4", b"x")
-    runner = RayRunner(
-        {"checkpoint": str(tiny_checkpoint), "device": "cpu", "options": LOSSLESS}, workers=2
-    )
-    try:
-        summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
-    finally:
-        runner.close()
+    summary = run_on_ray(bucket, options, tiny_checkpoint, workers=2, clips_per_worker=2)
     assert (summary.ok, summary.failed) == (20, 0)
     assert not fs.exists(f"{bucket}/escape.mkv") and not fs.exists(f"{bucket}/escape.mp4")
     from pipeline.video import probe

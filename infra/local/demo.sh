@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command from a fresh clone: install, then synthesise rainy clips and de-rain them.
+# One command from a fresh clone: install, synthesise rainy clips, de-rain them on a local Ray.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash infra/local/setup.sh
-exec .venv/bin/derain demo "$@"
+. infra/local/isolate.sh
+run_isolated .venv/bin/derain demo "$@"

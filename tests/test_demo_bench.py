@@ -1,0 +1,62 @@
+"""The quick-start demo and the benchmark command, end to end with a tiny network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+
+
+@pytest.mark.slow
+def test_demo_runs_the_archive_job_and_reports(tmp_path, tiny_checkpoint, capsys):
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--frames",
+            "4",
+            "--runner",
+            "sequential",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "PSNR rainy" in out and "bikes_mp4-0-light" in out
+    assert len(list((tmp_path / "derained").glob("*.mp4"))) == 3
+    assert len(list((tmp_path / "compare").glob("*.png"))) == 3
+    assert list((tmp_path / "derained" / "_manifests" / "_commits").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_bench_writes_consistent_figures(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--frames",
+            "4",
+            "--width",
+            "32",
+            "--height",
+            "24",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["frames_long"] == 10 * r["frames_short"] == 40
+    assert r["e2e_over_model"] == pytest.approx(r["end_to_end_fps"] / r["model_only_fps"])
+    assert r["achieved_gflops"] == pytest.approx(r["gflops_per_frame"] * r["model_only_fps"])
+    assert 0 < r["gflops_per_frame"] < 1 and r["matmul_ceiling_gflops"] > 0
+    assert r["peak_rss_short_mib"] > 50
+    assert "end-to-end / model-only" in capsys.readouterr().out
