@@ -61,6 +61,7 @@ def save_checkpoint(
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as fh:
         tmp_weights = Path(fh.name)
     save_file(state, str(tmp_weights), metadata={"name": name, "version": version})
+    tmp_weights.chmod(0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
     os.replace(tmp_weights, folder / WEIGHTS)
     meta = {
         "format_version": FORMAT_VERSION,

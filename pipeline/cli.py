@@ -173,6 +173,19 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.bench:bench_command"))
 
 
+def _add_seams(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "seams",
+        help="how many warm-up frames make a segment match a continuous run",
+        description="Runs held-out rainy footage continuously and as a segment starting at a "
+        "seam primed with K warm-up frames, for several K, and prints the difference.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--crop", type=int, default=192)
+    p.add_argument("--out", type=Path, default=Path("runs/seams.json"))
+    p.set_defaults(handler=_lazy("pipeline.segments:seams_command"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derain",
@@ -180,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_manifest, _add_train, _add_eval, _add_demo, _add_bench):
+    for add in (_add_run, _add_manifest, _add_train, _add_eval, _add_demo, _add_bench, _add_seams):
         add(sub)
     return parser
 
