@@ -56,4 +56,9 @@ def test_shipped_checkpoint_removes_rain():
     for preset in ("light", "heavy"):
         gain = results[preset]["J4R-Net"]["psnr_y"] - results[preset]["rainy input"]["psnr_y"]
         assert gain > 4.0, (preset, gain)
-    assert results["heavy"]["J4R-Net"]["alpha_recall"] > 0.3
+    # Occluded pixels are ~2 % of the frame: a D-Net that learned nothing scores ~0.02 precision.
+    assert results["heavy"]["J4R-Net"]["alpha_precision"] > 0.2
+    assert results["heavy"]["J4R-Net"]["alpha_recall"] > 0.05
+    # The recurrent path earns its keep on heavy rain.
+    heavy = results["heavy"]
+    assert heavy["J4R-Net"]["psnr_y"] > heavy["single-frame (stage 1)"]["psnr_y"] + 0.5
