@@ -167,7 +167,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
-    p.add_argument("--frames", type=int, default=24, help="frames of the short video")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=48,
+        help="frames of the short video (past x264's 40-frame lookahead, so both are steady)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
     p.set_defaults(handler=_lazy("pipeline.bench:bench_command"))
