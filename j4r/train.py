@@ -20,7 +20,7 @@ import torch
 
 from j4r.arch import J4RNet
 from j4r.checkpoint import save_checkpoint
-from j4r.config import NetConfig, TrainConfig, from_dict, to_dict
+from j4r.config import NetConfig, TrainConfig, to_dict
 from j4r.data import Batch, ClipSampler
 from j4r.losses import j4r_loss, single_frame_loss
 from j4r.model import build_model, parameter_count
@@ -253,7 +253,3 @@ def train(
     )
     export(model, final_dir, net=net, version=version, record={**record, "seconds": seconds})
     return TrainResult(run_dir, total, seconds, stage1_dir, final_dir, finished=True)
-
-
-def train_config_from(values: dict[str, Any]) -> TrainConfig:
-    return from_dict(TrainConfig, values)
