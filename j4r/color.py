@@ -34,7 +34,6 @@ def rgb_to_luma(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb * weights).sum(dim=-3, keepdim=True)
 
 
-def replace_luma(rgb: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
-    """RGB frames whose Y is ``luma`` and whose CbCr come from ``rgb`` (chroma pass-through)."""
-    ycbcr = rgb_to_ycbcr(rgb)
+def with_luma(ycbcr: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+    """RGB frames with Y from ``luma`` and CbCr from ``ycbcr`` (chroma pass-through)."""
     return ycbcr_to_rgb(torch.cat([luma, ycbcr[..., 1:, :, :]], dim=-3))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from j4r.arch import J4RNet
-from j4r.color import rgb_to_luma, rgb_to_ycbcr, ycbcr_to_rgb
+from j4r.color import rgb_to_luma, rgb_to_ycbcr, with_luma
 from j4r.config import rain_config
 from j4r.motion import CameraPath, render_path
 from j4r.rain import add_rain
@@ -114,7 +114,7 @@ def single_frame_method(model: J4RNet) -> Method:
     def run(rainy: torch.Tensor) -> tuple[torch.Tensor, None]:
         ycbcr = rgb_to_ycbcr(rainy)
         background, _ = model.single_frame(ycbcr[:, :1])
-        return ycbcr_to_rgb(torch.cat([background.clamp(0, 1), ycbcr[:, 1:]], dim=1)), None
+        return with_luma(ycbcr, background.clamp(0, 1)), None
 
     return run
 
@@ -126,7 +126,7 @@ def j4r_method(model: J4RNet) -> Method:
         out, _ = model(ycbcr[None, :, :1])
         background = out.background[0].clamp(0, 1)
         alpha = torch.softmax(out.alpha_logits[0], dim=1)[:, 1:]
-        return ycbcr_to_rgb(torch.cat([background, ycbcr[:, 1:]], dim=1)), alpha
+        return with_luma(ycbcr, background), alpha
 
     return run
 

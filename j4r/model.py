@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from j4r.arch import J4RNet, StepOutput
-from j4r.color import rgb_to_ycbcr, ycbcr_to_rgb
+from j4r.color import rgb_to_ycbcr, with_luma
 from j4r.config import NetConfig, to_dict
 
 
@@ -31,5 +31,5 @@ def derain_rgb_step(
         memory = model.initial_state(luma)
     out, memory = model.step(luma, memory)
     background = out.background.clamp(0.0, 1.0)
-    rgb = ycbcr_to_rgb(torch.cat([background, ycbcr[:, 1:]], dim=1))
+    rgb = with_luma(ycbcr, background)
     return rgb, out, memory

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import EXIT_OK
+from pipeline.video import write_frames
 
 
 def synthetic_frames_thwc_u8(frames: int, height: int, width: int) -> np.ndarray:
@@ -36,16 +37,6 @@ def synthetic_frames_thwc_u8(frames: int, height: int, width: int) -> np.ndarray
         frame[:, rng.integers(0, width, width // 20)] += 0.3
         out[t] = (np.clip(frame, 0, 1) * 255).astype(np.uint8)
     return out
-
-
-def write_clip(path: Path, frames_thwc_u8: np.ndarray, fps: int = 25) -> None:
-    from pipeline.video import EncodeOptions, VideoWriter
-
-    _, h, w, _ = frames_thwc_u8.shape
-    with VideoWriter(path, fps=fps, width=w, height=h, options=EncodeOptions(crf=18)) as writer:
-        for start in range(0, len(frames_thwc_u8), 64):
-            writer.write(frames_thwc_u8[start : start + 64])
-        writer.commit()
 
 
 def matmul_ceiling_gflops(device: str, size: int = 2048, repeats: int = 5) -> float:
@@ -161,8 +152,8 @@ def bench_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="derain-bench-") as tmp:
         tmp_path = Path(tmp)
         short_video, long_video = tmp_path / "short.mp4", tmp_path / "long.mp4"
-        write_clip(short_video, short)
-        write_clip(long_video, np.concatenate([short] * 10))
+        write_frames(short_video, short)
+        write_frames(long_video, np.concatenate([short] * 10))
         e2e_short = end_to_end(short_video, tmp_path / "o1", args.checkpoint, device)
         e2e_long = end_to_end(long_video, tmp_path / "o2", args.checkpoint, device)
     results["end_to_end_fps"] = e2e_long["frames"] / e2e_long["seconds"]

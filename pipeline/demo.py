@@ -9,17 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from pipeline.video import EncodeOptions, VideoWriter, read_chunks
+from pipeline.video import read_chunks, write_frames
 
 DEMO_CLIPS = (("bikes.mp4#0", "light"), ("china.jpg#0", "heavy"), ("flower.jpg#1", "light"))
 
 
-def write_clip(path: Path, frames_tchw, fps: int = 25) -> None:
+def write_clip(path: Path, frames_tchw) -> None:
     frames_thwc_u8 = (frames_tchw.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
-    _, h, w, _ = frames_thwc_u8.shape
-    with VideoWriter(path, fps=fps, width=w, height=h, options=EncodeOptions(crf=10)) as writer:
-        writer.write(frames_thwc_u8)
-        writer.commit()
+    write_frames(path, frames_thwc_u8, crf=10)
 
 
 def read_all(path: Path) -> np.ndarray:

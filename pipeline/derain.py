@@ -164,7 +164,8 @@ class DerainStage:
 
     @property
     def resources(self) -> Resources:
-        return Resources(cpus=1.0, gpus=1.0 if self.requested_device.startswith("cuda") else 0.0)
+        gpus = 1.0 if str(self.requested_device).startswith("cuda") else 0.0
+        return Resources(cpus=1.0, gpus=gpus)
 
     def setup(self) -> None:
         """Load the weights on this worker's device (call once, inside the worker)."""

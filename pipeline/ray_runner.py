@@ -82,7 +82,6 @@ class RayRunner:
         *,
         workers: int = 1,
         address: str | None = None,
-        gpus_per_worker: float = 0.0,
         cpus_per_worker: float = 1.0,
         clips_per_worker: int = 1,
         max_attempts: int = 3,
@@ -94,7 +93,7 @@ class RayRunner:
         actor_cls = ray.remote(DerainActor).options(
             max_concurrency=clips_per_worker + 1,  # + 1 keeps info() answering while busy
             num_cpus=cpus_per_worker,
-            num_gpus=gpus_per_worker,
+            num_gpus=DerainStage(**stage_kwargs).resources.gpus,  # declared by the stage
             max_restarts=max_attempts,
             max_task_retries=0,
         )
@@ -102,7 +101,6 @@ class RayRunner:
             actor_cls.remote(stage_kwargs, threads=int(cpus_per_worker)) for _ in range(workers)
         ]
         infos = ray.get([a.info.remote() for a in self.actors])
-        self._info = infos[0]
         self.description = (
             f"ray, {workers} actor(s) x {clips_per_worker} clip(s) on {infos[0]['device']}"
         )

@@ -43,12 +43,10 @@ def make_runner(args: argparse.Namespace, kwargs: dict[str, Any]):
         return SequentialRunner(lambda: DerainStage(**kwargs))
     from pipeline.ray_runner import RayRunner
 
-    gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
     return RayRunner(
         kwargs,
         workers=args.workers,
         address=args.address,
-        gpus_per_worker=gpus,
         cpus_per_worker=args.cpus_per_worker,
         clips_per_worker=getattr(args, "clips_per_worker", 1),
     )

@@ -33,10 +33,6 @@ class SequentialRunner:
         self.stage.setup()
         self.description = f"sequential on {self.stage.device}"
 
-    @property
-    def model_info(self):
-        return self.stage.info
-
     def run(self, tasks: list[VideoTask], context: RunContext) -> Iterator[Result]:
         for task in tasks:
             row, frames = process_task(self.stage, task, context, worker="local")

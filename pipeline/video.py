@@ -250,3 +250,15 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._container is not None:
             self.abort()
+
+
+def write_frames(
+    path: str | Path, frames_thwc_u8: np.ndarray, *, fps: Fraction | int = 25, crf: int = 18
+) -> Path:
+    """Encode in-memory frames to an H.264 file (demo and benchmark inputs)."""
+    _, h, w, _ = frames_thwc_u8.shape
+    options = EncodeOptions(crf=crf)
+    with VideoWriter(path, fps=Fraction(fps), width=w, height=h, options=options) as writer:
+        for start in range(0, len(frames_thwc_u8), 64):
+            writer.write(frames_thwc_u8[start : start + 64])
+        return writer.commit()
