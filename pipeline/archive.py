@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.assemble import SegmentJoiner, split_long_videos
 from pipeline.manifest import ManifestStore, VideoRow, new_run_id
 from pipeline.plan import VideoTask, done_video_ids, plan_tasks
 from pipeline.runners import Runner
-from pipeline.storage import list_videos, open_location
+from pipeline.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
+from pipeline.storage import SourceObject, list_videos, open_location
+from pipeline.video import EncodeOptions
 from pipeline.worker import RunContext
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,9 @@ class ArchiveJob:
     extension: str = ".mp4"
     force: bool = False
     max_videos: int | None = None
+    # Videos longer than this run as segments on several workers (0: never split).
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    warmup_frames: int = DEFAULT_WARMUP_FRAMES
 
     @property
     def manifest_url(self) -> str:
@@ -89,20 +95,35 @@ def skipped_row(task: VideoTask, run_id: str, model_version: str) -> VideoRow:
     )
 
 
-def run_archive(
-    job: ArchiveJob,
-    runner: Runner,
-    *,
-    model_name: str,
-    model_version: str,
-    on_planned: Callable[[int], None] | None = None,
-    on_result: Callable[[VideoTask, VideoRow], None] | None = None,
-) -> RunSummary:
-    started = time.monotonic()
-    options = job.storage_options
-    source = open_location(job.source, options)
-    store = ManifestStore(open_location(job.manifest_url, options))
-    listing = list_videos(source)
+@dataclass
+class RunPlan:
+    """What a run will do, decided before any video is touched (the run is begun, not done)."""
+
+    job: ArchiveJob
+    run_id: str
+    model_name: str
+    model_version: str
+    todo: list[VideoTask]
+    skipped: list[VideoTask]  # done by an earlier committed run, not redone
+    files: list[str]  # manifest shards already written for this run (kept when resuming)
+    finished_before: set[str]  # video ids an interrupted attempt of this run finished
+    started: float = field(default_factory=time.monotonic)
+
+
+def discover(job: ArchiveJob) -> list[SourceObject]:
+    """Every video under the job's source (recursive, with ETag or size+mtime)."""
+    return list_videos(open_location(job.source, job.storage_options))
+
+
+def manifest_store(job: ArchiveJob) -> ManifestStore:
+    return ManifestStore(open_location(job.manifest_url, job.storage_options))
+
+
+def plan_run(
+    job: ArchiveJob, listing: list[SourceObject], *, model_name: str, model_version: str
+) -> RunPlan:
+    """Skip what committed runs did, resume an interrupted run of the same job, begin the run."""
+    store = manifest_store(job)
     done = done_video_ids(store.read("videos"), model_version)
     run_id, files, finished_before = _resume(store, job, model_version)
     if run_id is None:
@@ -127,17 +148,40 @@ def run_archive(
         force=job.force,
         max_videos=job.max_videos,
     )
+    return RunPlan(job, run_id, model_name, model_version, todo, skipped, files, finished_before)
+
+
+def execute_run(
+    plan: RunPlan,
+    runner: Runner,
+    on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+) -> RunSummary:
+    """De-rain the planned videos on ``runner``; one manifest shard per finished video.
+
+    The shards are not visible to readers until :func:`commit_run` writes the commit record.
+    """
+    job, store = plan.job, manifest_store(plan.job)
+    options = job.storage_options
     summary = RunSummary(
-        run_id=run_id,
+        run_id=plan.run_id,
         runner=runner.description,
         manifest_url=job.manifest_url,
-        resumed_from_previous=len(finished_before),
+        resumed_from_previous=len(plan.finished_before),
     )
-    if on_planned:
-        on_planned(len(todo))
-    context = RunContext(run_id, job.destination, options, options)
-    for task, row, frames in runner.run(todo, context):
-        files += store.write_video(row, frames)
+    context = RunContext(plan.run_id, job.destination, options, options, job.manifest_url)
+    tasks = split_long_videos(
+        plan.todo, options, segment_frames=job.segment_frames, warmup_frames=job.warmup_frames
+    )
+    if len(tasks) > len(plan.todo):
+        logger.info("%d videos split into %d tasks", len(plan.todo), len(tasks))
+    encode = EncodeOptions(lossless=job.extension == ".mkv")
+    joiner = SegmentJoiner(job.destination, options, encode)
+    for result in runner.run(tasks, context):
+        whole = joiner.add(*result)
+        if whole is None:
+            continue  # more segments of this video to come
+        task, row, frames = whole
+        plan.files += store.write_video(row, frames)
         if row.status == "ok":
             summary.ok += 1
             summary.frames += row.frames
@@ -146,25 +190,47 @@ def run_archive(
             summary.failures.append((task.source.url, f"{row.error_type}: {row.error_message}"))
         if on_result:
             on_result(task, row)
-    newly_skipped = [t for t in skipped if t.video_id not in finished_before]
+    newly_skipped = [t for t in plan.skipped if t.video_id not in plan.finished_before]
     if newly_skipped:
-        rows = [skipped_row(t, run_id, model_version) for t in newly_skipped]
-        files += store.write_videos(rows, shard="skipped")
+        rows = [skipped_row(t, plan.run_id, plan.model_version) for t in newly_skipped]
+        plan.files += store.write_videos(rows, shard="skipped")
     summary.skipped = len(newly_skipped)
-    summary.ok += len(finished_before)
-    summary.seconds = time.monotonic() - started
-    store.commit_run(
-        run_id,
-        files,
+    summary.ok += len(plan.finished_before)
+    summary.seconds = time.monotonic() - plan.started
+    return summary
+
+
+def commit_run(plan: RunPlan, summary: RunSummary) -> None:
+    """Write the run's commit record (last): from now on readers see its shards."""
+    manifest_store(plan.job).commit_run(
+        plan.run_id,
+        plan.files,
         {
             "ok": summary.ok,
             "failed": summary.failed,
             "skipped": summary.skipped,
             "frames": summary.frames,
             "seconds": round(summary.seconds, 3),
-            "model_name": model_name,
-            "model_version": model_version,
-            "runner": runner.description,
+            "model_name": plan.model_name,
+            "model_version": plan.model_version,
+            "runner": summary.runner,
         },
     )
+
+
+def run_archive(
+    job: ArchiveJob,
+    runner: Runner,
+    *,
+    model_name: str,
+    model_version: str,
+    on_planned: Callable[[int], None] | None = None,
+    on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+) -> RunSummary:
+    """The whole job: discover → plan → execute → commit (``derain run``; the flow's steps)."""
+    plan = plan_run(job, discover(job), model_name=model_name, model_version=model_version)
+    if on_planned:
+        on_planned(len(plan.todo))
+    summary = execute_run(plan, runner, on_result)
+    commit_run(plan, summary)
     return summary

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 logger = logging.getLogger("derain")
@@ -65,6 +67,20 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray actors (one model each)")
     p.add_argument(
         "--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) per actor"
+    )
+    p.add_argument(
+        "--segment-frames",
+        type=int,
+        default=DEFAULT_SEGMENT_FRAMES,
+        help="split longer videos into segments of this many frames that run on different "
+        "workers and are joined losslessly afterwards (0: never split)",
+    )
+    p.add_argument(
+        "--warmup-frames",
+        type=int,
+        default=DEFAULT_WARMUP_FRAMES,
+        help="frames before each segment run through the net (output discarded) to rebuild its "
+        "memory; 32 keeps a seam within 1 grey level of a continuous run (README)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_lazy("pipeline.run_cli:run_command"))
@@ -155,6 +171,38 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.manifest_cli:manifest_command"))
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write (and print) the report of a committed run",
+        description="Builds the report of the latest committed run (or --run) from the "
+        "manifests: a videos table, mean alpha over time per video, before/after thumbnails. "
+        "Writes it beside the manifests as reports/run=RUN/report.md with its PNGs.",
+    )
+    p.add_argument("dst", help="the destination given to `derain run`")
+    p.add_argument("--run", help="run id (default: the latest committed run)")
+    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--detail", type=int, default=20, help="videos shown with plot and thumbnail")
+    p.add_argument("--print", action="store_true", help="also print the Markdown")
+    p.set_defaults(handler=_lazy("pipeline.manifest_cli:report_command"))
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the model versions published to a registry",
+        description="Lists REGISTRY/j4r/VERSION folders (published by the train-j4r flow or "
+        "pipeline.models.publish_model) and marks the one REGISTRY/j4r/latest.json points to.",
+    )
+    p.add_argument("registry", help="registry root: local path, file:// or s3://bucket/prefix")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_lazy("pipeline.models_cli:models_command"))
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -198,7 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_manifest, _add_train, _add_eval, _add_demo, _add_bench, _add_seams):
+    for add in (
+        _add_run,
+        _add_manifest,
+        _add_report,
+        _add_models,
+        _add_train,
+        _add_eval,
+        _add_demo,
+        _add_bench,
+        _add_seams,
+    ):
         add(sub)
     return parser
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.overlap import BackgroundSink, prefetch
+from pipeline.segments import Segment
 from pipeline.video import EncodeOptions, VideoWriter, probe, read_chunks
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class VideoResult:
     height: int
     seconds: float
     frame_stats: list[FrameStats] = field(default_factory=list)
+    # One frame in the middle of the video, before and after (h, w, 3) uint8, for reports.
+    thumbnail_before: np.ndarray | None = None
+    thumbnail_after: np.ndarray | None = None
 
     @property
     def alpha_mean(self) -> float:
@@ -134,6 +138,30 @@ def derain_frames(
         release_free_memory()
 
 
+def tap_frame(
+    chunks: Iterable[np.ndarray], index: int | None, keep: dict[str, np.ndarray], name: str
+) -> Iterator[np.ndarray]:
+    """Pass chunks through, keeping a copy of frame ``index`` (counted from 0) in ``keep``."""
+    seen = 0
+    for chunk in chunks:
+        if index is not None and seen <= index < seen + len(chunk):
+            keep[name] = chunk[index - seen].copy()
+        seen += len(chunk)
+        yield chunk
+
+
+def drop_leading(
+    chunks: Iterable[tuple[np.ndarray, list[FrameStats]]], count: int
+) -> Iterator[tuple[np.ndarray, list[FrameStats]]]:
+    """Skip the first ``count`` frames (and their stats) of a chunked stream: the warm-up."""
+    for frames, stats in chunks:
+        if count >= len(frames):
+            count -= len(frames)
+            continue
+        yield frames[count:], stats[count:]
+        count = 0
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus: float = 1.0
@@ -151,8 +179,10 @@ class DerainStage:
         chunk_frames: int = 16,
         options: EncodeOptions | None = None,
         clips_per_batch: int = 1,
+        checkpoint_options: dict | None = None,
     ):
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint  # a local folder, or a URL of a published model version
+        self.checkpoint_options = checkpoint_options  # storage options to fetch that URL
         self.requested_device = device
         self.chunk_frames = chunk_frames
         self.options = options or EncodeOptions()
@@ -177,7 +207,12 @@ class DerainStage:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         else:
             self.device = self.requested_device
-        self.model, self.info = load_checkpoint(self.checkpoint, device=self.device)
+        checkpoint = self.checkpoint
+        if checkpoint is not None and "://" in str(checkpoint):
+            from pipeline.models import fetch_checkpoint
+
+            checkpoint = fetch_checkpoint(str(checkpoint), self.checkpoint_options)
+        self.model, self.info = load_checkpoint(checkpoint, device=self.device)
         if self.clips_per_batch > 1:
             from pipeline.batching import StepBatcher
 
@@ -196,12 +231,19 @@ class DerainStage:
         source: str | Path,
         output: str | Path,
         on_frames: Callable[[int], None] | None = None,
+        segment: Segment | None = None,
     ) -> VideoResult:
-        """De-rain ``source`` into ``output`` (atomically); raises on an unreadable input."""
+        """De-rain ``source`` into ``output`` (atomically); raises on an unreadable input.
+
+        With ``segment``, only frames ``[segment.start, segment.stop)`` are written, after the
+        warm-up frames before them have rebuilt the recurrent memory; the source's audio goes
+        into segment 0 only (the parts are joined later by :func:`pipeline.video.concat_videos`).
+        """
         if self.model is None:
             self.setup()
         started = time.monotonic()
         info = probe(source)
+        segment = segment or Segment(0, 0, None, 0)
         stats: list[FrameStats] = []
         with VideoWriter(
             output,
@@ -209,15 +251,24 @@ class DerainStage:
             width=info.width,
             height=info.height,
             options=self.options,
-            audio_source=source,
+            audio_source=source if segment.index == 0 else None,
         ) as writer:
             # Decode ahead and encode behind the network, two chunks of slack each way.
-            chunks = prefetch(read_chunks(source, self.chunk_frames), depth=2)
+            decoded = read_chunks(
+                source, self.chunk_frames, start=segment.warm_start, stop=segment.stop
+            )
+            # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
+            middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None
+            thumbs: dict[str, np.ndarray] = {}
+            chunks = prefetch(tap_frame(decoded, middle, thumbs, "before"), depth=2)
             sink = BackgroundSink(writer.write, depth=2)
             if self.batcher:
                 self.batcher.register()
             try:
-                for frames, chunk_stats in derain_frames(self._step, chunks, device=self.device):
+                derained = derain_frames(self._step, chunks, device=self.device)
+                for frames, chunk_stats in drop_leading(derained, segment.warmup):
+                    if middle is not None and len(stats) <= middle < len(stats) + len(frames):
+                        thumbs["after"] = frames[middle - len(stats)].copy()
                     sink.put(frames)
                     stats += chunk_stats
                     if on_frames:
@@ -236,4 +287,6 @@ class DerainStage:
             height=info.height,
             seconds=time.monotonic() - started,
             frame_stats=stats,
+            thumbnail_before=thumbs.get("before"),
+            thumbnail_after=thumbs.get("after"),
         )

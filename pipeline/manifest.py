@@ -128,6 +128,16 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
+def thumbnail_key(run_id: str, video_id: str) -> str:
+    """A video's before/after PNG, relative to the manifest root."""
+    return f"thumbnails/run={run_id}/{video_id}.png"
+
+
+def report_key(run_id: str) -> str:
+    """A run's Markdown report, relative to the manifest root (images beside it)."""
+    return f"reports/run={run_id}/report.md"
+
+
 def run_date(run_id: str) -> str:
     return f"{run_id[0:4]}-{run_id[4:6]}-{run_id[6:8]}"
 

@@ -1,4 +1,4 @@
-"""``derain manifest DST``: the committed runs (and interrupted ones) under a destination."""
+"""``derain manifest DST`` (the runs under a destination) and ``derain report DST``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ import sys
 from pipeline.cli import EXIT_OK, EXIT_USAGE
 
 
-def manifest_command(args: argparse.Namespace) -> int:
+def open_store(args: argparse.Namespace):
+    """The manifest store ``args`` name (DST/_manifests unless --manifest); (url, store)."""
     from pipeline.manifest import ManifestStore
     from pipeline.run_cli import parse_storage_options
-    from pipeline.storage import StorageError, open_location
+    from pipeline.storage import open_location
 
     url = args.manifest or posixpath.join(str(args.dst).rstrip("/"), "_manifests")
+    options = parse_storage_options(args.storage_option, args.endpoint_url)
+    return url, ManifestStore(open_location(url, options))
+
+
+def manifest_command(args: argparse.Namespace) -> int:
+    from pipeline.storage import StorageError
+
     try:
-        options = parse_storage_options(args.storage_option, args.endpoint_url)
-        store = ManifestStore(open_location(url, options))
+        url, store = open_store(args)
         commits = store.commits()
         pending = store.uncommitted_runs()
     except (ValueError, StorageError, OSError) as exc:
@@ -57,5 +64,29 @@ def manifest_command(args: argparse.Namespace) -> int:
     print(
         f"{len(commits)} committed run(s): {totals['ok']} videos ok, {totals['failed']} failed, "
         f"{totals['frames']} frames; manifests at {url}"
+    )
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report, render_markdown, write_report
+    from pipeline.storage import StorageError
+
+    try:
+        _, store = open_store(args)
+        report = build_report(store, args.run, detail=args.detail)
+        url = write_report(store, report)
+    except LookupError as exc:
+        print(f"derain report: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, StorageError, OSError) as exc:
+        print(f"derain report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print:
+        print(render_markdown(report, image_link=lambda name: name))
+    c = report.commit
+    print(
+        f"run {report.run_id}: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, "
+        f"{c.get('skipped', 0)} skipped; report with {len(report.images)} image(s): {url}"
     )
     return EXIT_OK

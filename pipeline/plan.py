@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pipeline.segments import Segment
 from pipeline.storage import SourceObject
+
+# Segment parts wait here, under the destination, until their video is joined; then deleted.
+STAGING_PREFIX = "_staging"
 
 
 def video_id_of(source_url: str, etag: str) -> str:
@@ -20,9 +24,29 @@ def video_id_of(source_url: str, etag: str) -> str:
 
 @dataclass(frozen=True)
 class VideoTask:
+    """A whole video, or one segment of a long one (``segment`` set, ``segments`` > 1)."""
+
     video_id: str
     source: SourceObject
     output_key: str  # relative to the destination root
+    segment: Segment | None = None
+    segments: int = 1
+
+    @property
+    def task_id(self) -> str:
+        return self.video_id if self.segment is None else f"{self.video_id}#{self.segment.index}"
+
+    def part_key(self, run_id: str) -> str:
+        """Where a segment's encoded part waits (under the destination) until it is joined."""
+        extension = posixpath.splitext(self.output_key)[1]
+        index = self.segment.index if self.segment else 0
+        return f"{STAGING_PREFIX}/{run_id}/{self.video_id}/{index:05d}{extension}"
+
+    def split(self, segments: list[Segment]) -> list[VideoTask]:
+        """One task per segment (the task itself when there is only one)."""
+        if len(segments) <= 1:
+            return [self]
+        return [replace(self, segment=s, segments=len(segments)) for s in segments]
 
 
 def output_keys(sources: list[SourceObject], extension: str) -> dict[str, str]:

@@ -56,9 +56,11 @@ class DerainActor:
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://...``), else start a local Ray sized to this machine."""
+    """Join ``address`` (``auto``, ``host:port``, ``ray://...``), else the cluster ``RAY_ADDRESS``
+    names (a Ray Job, the local stack), else start a local Ray sized to this machine."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
@@ -117,7 +119,7 @@ class RayRunner:
         while queue or in_flight:
             while queue and idle:
                 task, actor = queue.pop(), idle.pop()
-                attempts[task.video_id] = attempts.get(task.video_id, 0) + 1
+                attempts[task.task_id] = attempts.get(task.task_id, 0) + 1
                 in_flight[actor.process.remote(task, context)] = (task, actor)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             task, actor = in_flight.pop(ready[0])
@@ -126,9 +128,9 @@ class RayRunner:
                 row, frames = ray.get(ready[0])
             except (RayActorError, WorkerCrashedError) as exc:
                 self._wait_until_alive(actor)
-                if attempts[task.video_id] >= self.max_attempts:
+                if attempts[task.task_id] >= self.max_attempts:
                     raise RuntimeError(
-                        f"{task.source.url}: worker died {attempts[task.video_id]} "
+                        f"{task.source.url}: worker died {attempts[task.task_id]} "
                         f"times; giving up the run"
                     ) from exc
                 logger.warning("worker died on %s; redoing it (%s)", task.source.url, exc)

@@ -34,19 +34,39 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def make_runner(args: argparse.Namespace, kwargs: dict[str, Any]):
-    """The runner ``args.runner`` names, holding stages built from ``kwargs``."""
-    if args.runner == "sequential":
+def build_runner(
+    *,
+    stage: dict[str, Any],
+    runner: str = "ray",
+    address: str | None = None,
+    workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    clips_per_worker: int = 1,
+):
+    """A sequential runner, or Ray actors (joining ``address`` or a local Ray), on ``stage``."""
+    if runner == "sequential":
         from pipeline.derain import DerainStage
         from pipeline.runners import SequentialRunner
 
-        return SequentialRunner(lambda: DerainStage(**kwargs))
+        return SequentialRunner(lambda: DerainStage(**stage))
     from pipeline.ray_runner import RayRunner
 
     return RayRunner(
-        kwargs,
-        workers=args.workers,
+        stage,
+        workers=workers,
+        address=address,
+        cpus_per_worker=cpus_per_worker,
+        clips_per_worker=clips_per_worker,
+    )
+
+
+def make_runner(args: argparse.Namespace, kwargs: dict[str, Any]):
+    """The runner ``args.runner`` names, holding stages built from ``kwargs``."""
+    return build_runner(
+        stage=kwargs,
+        runner=args.runner,
         address=args.address,
+        workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         clips_per_worker=getattr(args, "clips_per_worker", 1),
     )
@@ -80,6 +100,8 @@ def run_command(args: argparse.Namespace) -> int:
         extension=kwargs["options"].extension,
         force=args.force,
         max_videos=args.max_videos,
+        segment_frames=args.segment_frames,
+        warmup_frames=args.warmup_frames,
     )
     runner = make_runner(args, kwargs)
     bar = tqdm(total=0, unit="video", desc="derain", disable=args.no_progress)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,12 +38,16 @@ class VideoInfo:
     codec: str
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Container metadata through PyAV (exact rational frame rate)."""
+def probe(path: str | Path | BinaryIO) -> VideoInfo:
+    """Container metadata through PyAV (exact rational frame rate).
+
+    ``path`` may be an open binary file (e.g. an fsspec S3 file): only the bytes the demuxer
+    asks for are read, so probing a remote object does not download it.
+    """
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(path if hasattr(path, "read") else str(path)) as container:
             if not container.streams.video:
                 raise VideoError(f"{path}: no video stream (is it an audio or image file?)")
             stream = container.streams.video[0]
@@ -66,13 +71,15 @@ def probe(path: str | Path) -> VideoInfo:
         raise VideoError(f"{path}: not a readable video ({type(exc).__name__}: {exc})") from exc
 
 
-def _decord_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
+def _decord_chunks(
+    path: str, chunk_frames: int, start: int, stop: int | None
+) -> Iterator[np.ndarray]:
     import decord
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    total = len(reader)
-    for start in range(0, total, chunk_frames):
-        indices = list(range(start, min(total, start + chunk_frames)))
+    total = len(reader) if stop is None else min(len(reader), stop)
+    for first in range(start, total, chunk_frames):
+        indices = list(range(first, min(total, first + chunk_frames)))
         try:
             yield reader.get_batch(indices).asnumpy()
         except decord.DECORDError:
@@ -82,16 +89,24 @@ def _decord_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
                 try:
                     yield reader.get_batch([index]).asnumpy()
                 except decord.DECORDError:
+                    if index == start:
+                        raise  # nothing decodes here: let read_chunks try PyAV
                     logger.warning("%s: frames %d..%d do not decode; stopping", path, index, total)
                     return
 
 
-def _pyav_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
+def _pyav_chunks(
+    path: str, chunk_frames: int, start: int, stop: int | None
+) -> Iterator[np.ndarray]:
     import av
 
     buffer: list[np.ndarray] = []
     with av.open(path) as container:
-        for frame in container.decode(video=0):
+        for index, frame in enumerate(container.decode(video=0)):
+            if stop is not None and index >= stop:
+                break
+            if index < start:
+                continue  # decoded and dropped: exact, where a seek would land on a keyframe
             buffer.append(frame.to_ndarray(format="rgb24"))
             if len(buffer) == chunk_frames:
                 yield np.stack(buffer)
@@ -100,8 +115,10 @@ def _pyav_chunks(path: str, chunk_frames: int) -> Iterator[np.ndarray]:
         yield np.stack(buffer)
 
 
-def read_chunks(path: str | Path, chunk_frames: int = 16) -> Iterator[np.ndarray]:
-    """Yield ``frames_thwc_u8`` chunks of at most ``chunk_frames`` frames, in order.
+def read_chunks(
+    path: str | Path, chunk_frames: int = 16, *, start: int = 0, stop: int | None = None
+) -> Iterator[np.ndarray]:
+    """Yield ``frames_thwc_u8`` chunks of frames ``[start, stop)``, at most ``chunk_frames`` each.
 
     decord is the reader; if it cannot open the file or decode its first frame, PyAV decodes
     it instead. A file neither can decode raises :class:`VideoError` with both reasons.
@@ -109,12 +126,14 @@ def read_chunks(path: str | Path, chunk_frames: int = 16) -> Iterator[np.ndarray
     path = str(path)
     errors: list[str] = []
     for name, reader in (("decord", _decord_chunks), ("PyAV", _pyav_chunks)):
-        chunks = reader(path, chunk_frames)
+        chunks = reader(path, chunk_frames, start, stop)
         try:
             first = next(chunks, None)
         except Exception as exc:  # decord and FFmpeg raise many error types
             errors.append(f"{name}: {exc}")
             continue
+        if first is None and start > 0:
+            return  # nothing at or after ``start`` (segment 0 reports an unreadable file)
         if first is None:
             errors.append(f"{name}: no frame decodes")
             continue
@@ -137,6 +156,58 @@ class EncodeOptions:
     def extension(self) -> str:
         return ".mkv" if self.lossless else ".mp4"
 
+    @property
+    def container_format(self) -> str:
+        return "matroska" if self.lossless else "mp4"
+
+
+def temp_beside(final_path: Path) -> Path:
+    """An empty hidden temp file in ``final_path``'s folder (renamed into place when complete)."""
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{final_path.stem}.", suffix=".part", dir=final_path.parent
+    )
+    os.close(handle)
+    return Path(tmp)
+
+
+def open_audio_copy(out_container, source: str | Path | None, options: EncodeOptions):
+    """Add ``source``'s first audio stream to ``out_container`` (copied, not re-encoded).
+
+    Returns the handle :func:`copy_audio` takes, or None when there is no audio to carry over.
+    """
+    import av
+
+    if source is None:
+        return None
+    container = av.open(str(source))
+    if not container.streams.audio:
+        container.close()
+        return None
+    in_stream = container.streams.audio[0]
+    codec = in_stream.codec_context.name
+    if not options.lossless and codec not in MP4_AUDIO_CODECS:
+        logger.warning(
+            "%s: %s audio cannot go into .mp4; dropped (use --lossless for .mkv)", source, codec
+        )
+        container.close()
+        return None
+    out_stream = out_container.add_stream_from_template(in_stream)
+    return container, in_stream, out_stream
+
+
+def copy_audio(audio, out_container) -> None:
+    """Mux every packet of the stream :func:`open_audio_copy` opened, then close its input."""
+    container, in_stream, out_stream = audio
+    try:
+        for packet in container.demux(in_stream):
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = out_stream
+            out_container.mux(packet)
+    finally:
+        container.close()
+
 
 class VideoWriter:
     """Encode frames to a temp file; :meth:`commit` renames it to ``final_path``.
@@ -157,14 +228,8 @@ class VideoWriter:
         import av
 
         self.final_path = Path(final_path)
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(
-            prefix=f".{self.final_path.stem}.", suffix=".part", dir=self.final_path.parent
-        )
-        os.close(handle)
-        self.tmp_path = Path(tmp)
-        fmt = "matroska" if options.lossless else "mp4"
-        self._container = av.open(str(self.tmp_path), mode="w", format=fmt)
+        self.tmp_path = temp_beside(self.final_path)
+        self._container = av.open(str(self.tmp_path), mode="w", format=options.container_format)
         rate = Fraction(fps).limit_denominator(1_000_000)
         if options.lossless:
             stream = self._container.add_stream("ffv1", rate=rate)
@@ -180,41 +245,10 @@ class VideoWriter:
         self.frames_written = 0
         self._audio = None
         try:
-            self._audio = self._open_audio(audio_source, options) if audio_source else None
+            self._audio = open_audio_copy(self._container, audio_source, options)
         except Exception:
             self.abort()
             raise
-
-    def _open_audio(self, source: str | Path, options: EncodeOptions):
-        """Add the source's first audio stream (copied, not re-encoded) when it fits."""
-        import av
-
-        container = av.open(str(source))
-        if not container.streams.audio:
-            container.close()
-            return None
-        in_stream = container.streams.audio[0]
-        codec = in_stream.codec_context.name
-        if not options.lossless and codec not in MP4_AUDIO_CODECS:
-            logger.warning(
-                "%s: %s audio cannot go into .mp4; dropped (use --lossless for .mkv)", source, codec
-            )
-            container.close()
-            return None
-        out_stream = self._container.add_stream_from_template(in_stream)
-        return container, in_stream, out_stream
-
-    def _copy_audio(self) -> None:
-        container, in_stream, out_stream = self._audio
-        try:
-            for packet in container.demux(in_stream):
-                if packet.dts is None:  # the demuxer's end-of-stream marker
-                    continue
-                packet.stream = out_stream
-                self._container.mux(packet)
-        finally:
-            container.close()
-            self._audio = None
 
     def write(self, frames_thwc_u8: np.ndarray) -> None:
         import av
@@ -228,7 +262,8 @@ class VideoWriter:
     def commit(self) -> Path:
         self._container.mux(self._stream.encode(None))
         if self._audio:
-            self._copy_audio()
+            audio, self._audio = self._audio, None
+            copy_audio(audio, self._container)
         self._container.close()
         self._container = None
         os.replace(self.tmp_path, self.final_path)
@@ -250,6 +285,68 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._container is not None:
             self.abort()
+
+
+def _mux_video_packets(
+    container, in_stream, out_stream, out_container, pts_offset: int, last_dts: int | None
+) -> tuple[int, int | None]:
+    """Copy one part's video packets after the previous part's; returns (end pts, last dts).
+
+    Presentation times are shifted to start where the previous part ended. Decode times are
+    shifted to follow the previous part's last decode time with no gap (a gap would read as a
+    lower frame rate), but never past ``pts_offset``, so no packet decodes after it shows.
+    """
+    ticks_per_frame = max(1, round(1 / (in_stream.average_rate * in_stream.time_base)))
+    end, dts_offset = pts_offset, None
+    for packet in container.demux(in_stream):
+        if packet.dts is None:  # end-of-stream marker
+            continue
+        if dts_offset is None:
+            follow = pts_offset if last_dts is None else last_dts + ticks_per_frame - packet.dts
+            dts_offset = min(pts_offset, follow)
+        packet.pts += pts_offset
+        packet.dts += dts_offset
+        end = max(end, packet.pts + (packet.duration or ticks_per_frame))
+        last_dts = packet.dts
+        packet.stream = out_stream
+        out_container.mux(packet)
+    return end, last_dts
+
+
+def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions) -> Path:
+    """Join video parts encoded with identical settings into one file, without re-encoding.
+
+    The first part's audio stream (if any) is carried over whole: a segmented run writes the
+    source's audio into segment 0 only. Written to a temp file and renamed into place.
+    """
+    import av
+
+    if not parts:
+        raise VideoError("no parts to join")
+    final_path = Path(final_path)
+    tmp = temp_beside(final_path)
+    try:
+        with av.open(str(tmp), mode="w", format=options.container_format) as out:
+            with av.open(str(parts[0])) as first:
+                template = first.streams.video[0]
+                time_base = template.time_base
+                out_stream = out.add_stream_from_template(template)
+            audio = open_audio_copy(out, parts[0], options)
+            offset, last_dts = 0, None
+            for part in parts:
+                with av.open(str(part)) as container:
+                    stream = container.streams.video[0]
+                    if stream.time_base != time_base:
+                        raise VideoError(f"{part}: time base differs from the first part's")
+                    offset, last_dts = _mux_video_packets(
+                        container, stream, out_stream, out, offset, last_dts
+                    )
+            if audio:
+                copy_audio(audio, out)
+        os.replace(tmp, final_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final_path
 
 
 def write_frames(

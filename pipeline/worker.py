@@ -35,12 +35,13 @@ class RunContext:
     destination_url: str
     source_options: dict[str, Any]
     destination_options: dict[str, Any]
+    manifest_url: str | None = None  # where thumbnails go (beside the manifests); None: none
     workdir: str | None = None
 
 
-def frame_rows(result: VideoResult) -> FrameRows:
+def frame_rows(result: VideoResult, first_index: int = 0) -> FrameRows:
     rows = FrameRows()
-    for index, stats in enumerate(result.frame_stats):
+    for index, stats in enumerate(result.frame_stats, start=first_index):
         rows.frame_index.append(index)
         rows.timestamp_s.append(index / result.fps if result.fps else 0.0)
         rows.alpha_mean.append(stats.alpha_mean)
@@ -54,7 +55,11 @@ def frame_rows(result: VideoResult) -> FrameRows:
 def process_task(
     stage: DerainStage, task: VideoTask, context: RunContext, worker: str | None = None
 ) -> tuple[VideoRow, FrameRows | None]:
-    """De-rain one video from its source URL to its destination key."""
+    """De-rain one video (or one segment of it) from its source URL to its destination key.
+
+    A segment's part goes to a staging key instead; the driver joins the parts when every
+    segment of the video is done (:mod:`pipeline.assemble`).
+    """
     if stage.model is None:
         stage.setup()
     row = VideoRow(
@@ -78,18 +83,39 @@ def process_task(
             with local_copy(task.source.url, context.source_options, workdir) as local_source:
                 local_name = str(local_source)
                 local_output = Path(workdir) / f"out{stage.options.extension}"
-                result = stage.process(local_source, local_output)
+                result = stage.process(local_source, local_output, segment=task.segment)
             destination = open_location(context.destination_url, context.destination_options)
-            row.output_url = put_file(local_output, destination, task.output_key)
+            key = task.output_key if task.segment is None else task.part_key(context.run_id)
+            row.output_url = put_file(local_output, destination, key)
         row.status = "ok"
         row.frames, row.fps = result.frames, result.fps
         row.width, row.height = result.width, result.height
         row.frames_per_second = result.frames / result.seconds if result.seconds else None
         row.alpha_mean = result.alpha_mean
-        frames = frame_rows(result)
+        frames = frame_rows(result, task.segment.start if task.segment else 0)
+        _upload_thumbnail(result, task, context)
     except VIDEO_FAILURES as exc:
         logger.warning("%s failed: %s", task.source.url, type(exc).__name__)
         message = str(exc).replace(local_name, task.source.url) if local_name else str(exc)
         row.error_type, row.error_message = type(exc).__name__, message[:2000]
     row.finished_at = datetime.now(UTC)
     return row, frames
+
+
+def _upload_thumbnail(result: VideoResult, task: VideoTask, context: RunContext) -> None:
+    """Before/after PNG beside the manifests; a report nicety, so a failure only warns."""
+    if context.manifest_url is None or result.thumbnail_after is None:
+        return
+    from pipeline.manifest import thumbnail_key
+    from pipeline.report import side_by_side_png
+
+    png = side_by_side_png(result.thumbnail_before, result.thumbnail_after)
+    try:
+        location = open_location(context.manifest_url, context.destination_options)
+        key = thumbnail_key(context.run_id, task.video_id)
+        with tempfile.TemporaryDirectory(prefix="derain-thumb-", dir=context.workdir) as tmp:
+            local = Path(tmp) / "thumb.png"
+            local.write_bytes(png)
+            put_file(local, location, key)
+    except (StorageError, OSError) as exc:
+        logger.warning("%s: thumbnail not uploaded (%s)", task.source.url, exc)
