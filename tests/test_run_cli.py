@@ -42,6 +42,26 @@ def make_archive(root):
     (root / "notes.txt").write_text("not a video, not picked up")
 
 
+def test_report_of_the_latest_run_lists_videos_with_plots_and_thumbnails(
+    tmp_path, tiny_checkpoint, capsys
+):
+    assert main(["report", str(tmp_path / "out")]) == 2  # nothing committed yet
+    assert "no committed runs" in capsys.readouterr().err
+    make_archive(tmp_path / "in")
+    derain_run(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "out"), "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "3 ok, 2 failed" in out and "| broken.mp4 | failed |" in out
+    (folder,) = (tmp_path / "out/_manifests/reports").iterdir()
+    report = (folder / "report.md").read_text()
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert len(pngs) == 6  # alpha plot and thumbnail for each of the 3 good videos
+    assert all(f"({name})" in report for name in pngs)  # every image is linked
+    assert all((folder / name).read_bytes().startswith(b"\x89PNG") for name in pngs)
+    assert main(["report", str(tmp_path / "out"), "--run", "nope"]) == 2
+
+
 def test_run_folder_keeps_layout_and_reports_failures(tmp_path, tiny_checkpoint, capsys):
     make_archive(tmp_path / "in")
     code = derain_run(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
