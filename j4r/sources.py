@@ -37,6 +37,7 @@ TRAIN_PHOTOS = (
     "rocket.jpg",
 )
 WALLPAPER_DIR = Path("/usr/share/backgrounds")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EVAL_PHOTOS = ("china.jpg", "flower.jpg")
 EVAL_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
 
@@ -97,18 +98,22 @@ def read_video_rgb(path: Path, max_frames: int | None = None) -> torch.Tensor:
     return stacked.float() / 255.0
 
 
-def training_sources(max_side: int = 1024) -> list[CleanSource]:
-    """Still photos for training (never used by the evaluation sets)."""
+def training_photo_paths() -> list[Path]:
+    """The files behind :func:`training_sources` (scikit-image photos, then wallpapers)."""
     data_dir = package_dir("skimage") / "data"
-    sources = [
-        CleanSource(name, read_image_rgb(data_dir / name, max_side))
-        for name in TRAIN_PHOTOS
-        if (data_dir / name).exists()
-    ]
+    paths = [data_dir / name for name in TRAIN_PHOTOS if (data_dir / name).exists()]
     if WALLPAPER_DIR.is_dir():
         for path in sorted(WALLPAPER_DIR.rglob("*")):
-            if path.suffix.lower() in {".jpg", ".jpeg", ".png"} and path.stat().st_size > 100_000:
-                sources.append(CleanSource(path.name, read_image_rgb(path, max_side)))
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.stat().st_size > 100_000:
+                paths.append(path)
+    return paths
+
+
+def training_sources(max_side: int = 1024) -> list[CleanSource]:
+    """Still photos for training (never used by the evaluation sets)."""
+    sources = [
+        CleanSource(path.name, read_image_rgb(path, max_side)) for path in training_photo_paths()
+    ]
     logger.info("training content: %d photos", len(sources))
     return sources
 

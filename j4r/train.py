@@ -116,7 +116,8 @@ class TrainResult:
     finished: bool  # False when ``stop_after`` paused it: run again to resume
 
 
-def _save_state(run_dir: Path, model: J4RNet, optimizer, step: int, extra: dict[str, Any]) -> None:
+def save_state(run_dir: Path, model: J4RNet, optimizer, step: int, extra: dict[str, Any]) -> None:
+    """Write ``run_dir/train_state.pt``; ``extra`` needs ``stage``, ``elapsed_s``, ``config``."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -131,11 +132,40 @@ def _save_state(run_dir: Path, model: J4RNet, optimizer, step: int, extra: dict[
     os.replace(tmp, run_dir / STATE_FILE)
 
 
-def _load_state(run_dir: Path) -> dict[str, Any] | None:
+def load_state(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / STATE_FILE
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume(
+    model: J4RNet,
+    state: dict[str, Any] | None,
+    *,
+    saved_config: dict[str, Any],
+    config: TrainConfig,
+) -> tuple[int, torch.optim.Adam, float]:
+    """Load a saved ``state`` (or none) into ``model``; returns (step, optimizer, elapsed s).
+
+    The optimizer suits the stage of that step and carries its saved moments when the state
+    was saved in the same stage. A state of a different network is refused.
+    """
+    start_step, elapsed = 0, 0.0
+    if state is not None:
+        previous = json.loads(state["config_json"])
+        if previous["net"] != saved_config["net"]:
+            raise ValueError(
+                f"the saved training state is of a different network ({previous['net']}); "
+                "start a new run (a new --run-dir or run name)"
+            )
+        model.load_state_dict(state["model"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, elapsed = int(state["step"]), float(state["elapsed_s"])
+    optimizer = make_optimizer(model, stage_of(start_step, config), config)
+    if state is not None and int(state.get("stage", 0)) == stage_of(start_step, config):
+        optimizer.load_state_dict(state["optimizer"])
+    return start_step, optimizer, elapsed
 
 
 def export(model: J4RNet, folder: Path, *, net: NetConfig, version: str, record: dict) -> Path:
@@ -172,23 +202,11 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(net).to(device)
     saved_config = {"net": to_dict(net), "train": to_dict(config), "preset": preset}
-    state = _load_state(run_dir)
-    start_step, elapsed = 0, 0.0
+    state = load_state(run_dir)
     if state is not None:
-        previous = json.loads(state["config_json"])
-        if previous["net"] != saved_config["net"]:
-            raise ValueError(
-                f"{run_dir} holds a run of a different network ({previous['net']}); "
-                "use a new --run-dir"
-            )
-        model.load_state_dict(state["model"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        logger.info("resuming %s at step %d", run_dir, start_step)
+        logger.info("resuming %s at step %d", run_dir, int(state["step"]))
+    start_step, optimizer, elapsed = resume(model, state, saved_config=saved_config, config=config)
     total = config.stage1_steps + config.stage2_steps
-    optimizer = make_optimizer(model, stage_of(start_step, config), config)
-    if state is not None and int(state.get("stage", 0)) == stage_of(start_step, config):
-        optimizer.load_state_dict(state["optimizer"])
     logger.info("J4R-Net %s: %d parameters on %s", preset, parameter_count(model), device)
     record = {"preset": preset, "device": device, "steps": total, **saved_config}
     stage1_dir, final_dir = run_dir / "stage1", run_dir / "final"
@@ -223,7 +241,7 @@ def train(
                 log.flush()
                 bar.set_postfix(stage=terms["stage"], loss=f"{terms['joint']:.2e}")
             if time.monotonic() - last_save > config.checkpoint_every_s:
-                _save_state(
+                save_state(
                     run_dir,
                     model,
                     optimizer,
@@ -238,7 +256,7 @@ def train(
     seconds = time.monotonic() - t0
     if stop < total:
         paused = {"elapsed_s": seconds, "config": saved_config, "stage": stage_of(stop - 1, config)}
-        _save_state(run_dir, model, optimizer, stop, paused)
+        save_state(run_dir, model, optimizer, stop, paused)
         return TrainResult(run_dir, stop, seconds, stage1_dir, final_dir, finished=False)
     if config.stage2_steps == 0 or not stage1_dir.exists():
         export(
@@ -248,7 +266,7 @@ def train(
             version=version + "-stage1",
             record={**record, "steps": min(total, config.stage1_steps), "seconds": seconds},
         )
-    _save_state(
+    save_state(
         run_dir, model, optimizer, total, {"elapsed_s": seconds, "config": saved_config, "stage": 2}
     )
     export(model, final_dir, net=net, version=version, record={**record, "seconds": seconds})

@@ -113,6 +113,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.train_cli:train_command"))
 
 
+def _add_train_ray(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-ray",
+        help="train J4R-Net on a Ray cluster with Ray Train (DDP), checkpoints in storage",
+        description="The same two-stage training as `derain train`, as DDP across --workers Ray "
+        "Train workers; each worker synthesises its own batches. Checkpoints go to "
+        "STORAGE_PATH/NAME; running again with the same name resumes, and a lost worker "
+        "restarts from the last checkpoint. Also the entry point of a training Ray Job.",
+    )
+    p.add_argument("--storage-path", required=True, help="checkpoint root (s3://... or a folder)")
+    p.add_argument("--name", required=True, help="run name: same name, same run (resumes)")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--config", type=Path, help="YAML with `net:` and `train:` mappings")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="CPUs (torch threads)")
+    p.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--content-url", help="clean training photos (default: the installed ones)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
+    p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
+    p.add_argument("--out", type=Path, help="where the final checkpoint is copied")
+    p.add_argument("--publish", metavar="REGISTRY", help="publish the result there as latest")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(handler=_lazy("pipeline.train_cli:train_ray_command"))
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -252,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_models,
         _add_train,
+        _add_train_ray,
         _add_eval,
         _add_demo,
         _add_bench,

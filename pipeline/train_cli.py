@@ -83,3 +83,49 @@ def export_checkpoint(final: Path, stage1: Path, destination: Path) -> None:
         shutil.copy2(final / name, destination / name)
         (destination / "stage1").mkdir(exist_ok=True)
         shutil.copy2(stage1 / name, destination / "stage1" / name)
+
+
+def train_ray_command(args: argparse.Namespace) -> int:
+    """``derain train-ray``: the j4r schedule under Ray Train, optionally published."""
+    from j4r.config import to_dict
+    from pipeline.ray_runner import connect
+    from pipeline.ray_train import RayTrainJob, train_on_ray
+    from pipeline.run_cli import parse_storage_options
+
+    try:
+        net, train = resolve_configs(args)
+        options = parse_storage_options(args.storage_option, args.endpoint_url)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+        print(f"derain train-ray: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    connect(args.address, num_cpus=None if args.address else args.workers * args.threads_per_worker)
+    job = RayTrainJob(
+        net=to_dict(net),
+        train=to_dict(train),
+        preset=args.preset,
+        version=args.version,
+        content_url=args.content_url,
+        storage_options=options,
+        checkpoint_every=args.checkpoint_every,
+        threads_per_worker=args.threads_per_worker,
+    )
+    result = train_on_ray(
+        job,
+        storage_path=args.storage_path,
+        name=args.name,
+        num_workers=args.workers,
+        use_gpu=args.gpu,
+        max_failures=args.max_failures,
+        storage_options=options,
+        output_dir=args.out,
+    )
+    print(
+        f"derain train-ray: run {args.name} at step {result.steps} "
+        f"(from step {result.metrics.get('start_step', 0)}); checkpoint {result.checkpoint_dir}"
+    )
+    if result.final and args.publish:
+        from pipeline.models import publish_model
+
+        version = publish_model(result.final, args.publish, options, version=args.version)
+        print(f"  published {version} to {args.publish} (latest)")
+    return EXIT_OK

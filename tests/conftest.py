@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +18,10 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# Prefect keeps its database and settings here, not in the home folder (read at import time).
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="derain-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DERAIN_MODEL_CACHE", tempfile.mkdtemp(prefix="derain-models-"))
 
 
 def moving_frames_thwc_u8(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -124,3 +129,12 @@ def ray_session(tmp_path_factory):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throw-away Prefect API (temporary database) for flows run in tests (~9 s, once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # slow when the 2 cores are busy
+        yield

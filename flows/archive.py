@@ -1,0 +1,221 @@
+"""The ``derain-archive`` flow: discover → plan → run on Ray → commit manifests → report.
+
+Thin over :mod:`pipeline.archive`: each step is one call into the data plane. Ray is driven
+directly from the run task (it joins ``ray_address`` or starts a local instance): a Prefect task
+runner submits stateless tasks and cannot hold the GPU actors that keep per-clip memory.
+
+Deployed as ``derain-archive/nightly`` by ``prefect.yaml`` (cron, concurrency limit 1, so two
+overlapping nightly runs never do the same work).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+
+from pipeline.archive import (
+    ArchiveJob,
+    RunPlan,
+    RunSummary,
+    commit_run,
+    discover,
+    execute_run,
+    manifest_store,
+    plan_run,
+)
+from pipeline.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
+from pipeline.storage import SourceObject
+
+FLOW_NAME = "derain-archive"
+# Storage calls back off 2 s, 10 s, 30 s: throttling and brief outages pass, bad URLs do not.
+STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NONE}
+
+
+class VideoFailures(RuntimeError):
+    """Some videos failed; the run is committed and reported, the flow run is marked failed."""
+
+
+@task(name="discover", **STORAGE_RETRIES)
+def discover_videos(job: ArchiveJob) -> list[SourceObject]:
+    videos = discover(job)
+    get_run_logger().info("%d videos under %s", len(videos), job.source)
+    return videos
+
+
+@task(name="resolve-model", **STORAGE_RETRIES)
+def resolve_model_version(
+    registry: str | None, version: str, options: dict[str, Any]
+) -> tuple[str, str, str]:
+    """(checkpoint the workers load, model name, model version) for the requested version."""
+    from j4r.checkpoint import DEFAULT_CHECKPOINT, read_info
+    from pipeline.models import MODEL_FAMILY, resolve_model
+
+    local = resolve_model(registry, version, options)
+    info = read_info(local)
+    checkpoint = str(local)
+    if registry and local != DEFAULT_CHECKPOINT:
+        # Workers on other nodes fetch the published version from the registry themselves.
+        checkpoint = f"{registry.rstrip('/')}/{MODEL_FAMILY}/{info.version}"
+    get_run_logger().info("model %s %s from %s", info.name, info.version, checkpoint)
+    return checkpoint, info.name, info.version
+
+
+@task(name="plan", **STORAGE_RETRIES)
+def plan(job: ArchiveJob, videos: list[SourceObject], model: tuple[str, str, str]) -> RunPlan:
+    _, name, version = model
+    run_plan = plan_run(job, videos, model_name=name, model_version=version)
+    get_run_logger().info(
+        "run %s: %d to do, %d already done, %d resumed",
+        run_plan.run_id,
+        len(run_plan.todo),
+        len(run_plan.skipped),
+        len(run_plan.finished_before),
+    )
+    return run_plan
+
+
+@task(name="run-on-ray", cache_policy=NONE)
+def run_videos(run_plan: RunPlan, stage: dict[str, Any], runner_settings: dict[str, Any]):
+    """De-rain the planned videos; a progress artifact follows along. Not retried: re-running
+    the flow resumes the run instead, skipping what finished."""
+    from pipeline.run_cli import build_runner
+
+    logger = get_run_logger()
+    total = max(1, len(run_plan.todo))
+    progress_id = create_progress_artifact(
+        0.0, key="derain-progress", description=f"videos done in run {run_plan.run_id}"
+    )
+    done = 0
+
+    def on_result(video, row) -> None:
+        nonlocal done
+        done += 1
+        if row.status != "ok":
+            logger.warning("%s failed: %s: %s", video.source.url, row.error_type, row.error_message)
+        update_progress_artifact(progress_id, 100.0 * done / total)
+
+    runner = build_runner(stage=stage, **runner_settings)
+    try:
+        summary = execute_run(run_plan, runner, on_result)
+    finally:
+        runner.close()
+    update_progress_artifact(progress_id, 100.0)
+    return summary
+
+
+@task(name="commit-manifests", **STORAGE_RETRIES)
+def commit(run_plan: RunPlan, summary: RunSummary) -> None:
+    commit_run(run_plan, summary)
+
+
+@task(name="report", **STORAGE_RETRIES)
+def publish_report(job: ArchiveJob, run_id: str) -> str:
+    """The report file beside the manifests, and the same report as Prefect artifacts."""
+    from pipeline.report import build_report, data_uri, render_markdown, write_report
+
+    store = manifest_store(job)
+    report = build_report(store, run_id)
+    url = write_report(store, report)
+    create_table_artifact(report.videos, key="derain-videos", description=f"run {run_id}")
+    markdown = render_markdown(report, image_link=lambda name: data_uri(report.images[name]))
+    create_markdown_artifact(markdown, key="derain-report", description=f"run {run_id}: {url}")
+    return url
+
+
+@flow(name=FLOW_NAME, log_prints=False)
+def derain_archive(
+    source: str,
+    destination: str,
+    manifest: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    runner: Literal["ray", "sequential"] = "ray",
+    workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    clips_per_worker: int = 1,
+    lossless: bool = False,
+    crf: int = 18,
+    device: str = "auto",
+    max_videos: int | None = None,
+    force: bool = False,
+    model_version: str = "latest",
+    model_registry: str | None = None,
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES,
+    warmup_frames: int = DEFAULT_WARMUP_FRAMES,
+    fail_on_video_errors: bool = True,
+) -> dict[str, Any]:
+    """De-rain every new or changed video under ``source`` into ``destination``.
+
+    Videos already done by the same model version are skipped; an interrupted run resumes.
+    ``model_version`` ``latest`` means the registry's latest (or the shipped checkpoint when
+    there is no registry). With ``fail_on_video_errors`` the flow run ends failed when any
+    video failed, after its manifests and report are written.
+    """
+    from pipeline.video import EncodeOptions
+
+    for name, value in {
+        "source": source,
+        "destination": destination,
+        "model_registry": model_registry,
+    }.items():
+        if value and "{{" in value:
+            raise ValueError(
+                f"parameter {name}={value!r} was never filled in: set the environment variable "
+                "it names before `prefect deploy`, or pass it with `--param` at run time"
+            )
+    options = storage_options or {}
+    encode = EncodeOptions(lossless=lossless, crf=crf)
+    job = ArchiveJob(
+        source=source,
+        destination=destination,
+        manifest=manifest,
+        storage_options=options,
+        extension=encode.extension,
+        force=force,
+        max_videos=max_videos,
+        segment_frames=segment_frames,
+        warmup_frames=warmup_frames,
+    )
+    videos = discover_videos(job)
+    model = resolve_model_version(model_registry, model_version, options)
+    run_plan = plan(job, videos, model)
+    stage = {
+        "checkpoint": model[0],
+        "checkpoint_options": options,
+        "device": device,
+        "options": encode,
+    }
+    runner_settings = {
+        "runner": runner,
+        "address": ray_address,
+        "workers": workers,
+        "cpus_per_worker": cpus_per_worker,
+        "clips_per_worker": clips_per_worker,
+    }
+    summary = run_videos(run_plan, stage, runner_settings)
+    commit(run_plan, summary)
+    report_url = publish_report(job, run_plan.run_id)
+    result = {
+        "run_id": summary.run_id,
+        "ok": summary.ok,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "frames": summary.frames,
+        "seconds": round(summary.seconds, 1),
+        "model": f"{model[1]} {model[2]}",
+        "manifests": summary.manifest_url,
+        "report": report_url,
+    }
+    get_run_logger().info("derain-archive: %s", result)
+    if summary.failed and fail_on_video_errors:
+        failures = "; ".join(f"{url}: {error}" for url, error in summary.failures[:5])
+        raise VideoFailures(f"{summary.failed} video(s) failed (see {report_url}): {failures}")
+    return result

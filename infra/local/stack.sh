@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# One-command local stack: an S3-compatible endpoint (moto), a Prefect server, a process worker
+# for the `derain-local` work pool, and a Ray head with dashboard / Jobs API, all on 127.0.0.1.
+#
+#   bash infra/local/stack.sh start      # start what is not running, wait until healthy
+#   . .local-stack/env                   # PREFECT_API_URL, AWS_*, RAY_ADDRESS, Ray auth token
+#   bash infra/local/stack.sh status     # what runs (exit 0 only if everything is up)
+#   bash infra/local/stack.sh stop       # stop each process by PID (idempotent)
+#
+# State, PID files and logs live in ONE folder: .local-stack/ (DERAIN_STACK_DIR), which holds
+# PREFECT_HOME, the Ray temp dir and the Ray auth token (token auth is on in Ray 2.60; the token
+# is generated here, so nothing is written to ~/.ray). Ports: DERAIN_S3_PORT (9000),
+# DERAIN_PREFECT_PORT (4200), DERAIN_RAY_PORT (6379), DERAIN_RAY_DASHBOARD_PORT (8265),
+# DERAIN_RAY_CLIENT_PORT (10001). The S3 keys in the env file are moto's dummy test values.
+#
+# On a laptop run it directly. On the shared build machines Ray binds to the routable address
+# unless only loopback exists, so run the stack AND everything that uses it inside ONE network
+# namespace shell (the servers are unreachable from outside it, and they die with it):
+#   unshare --net bash -c 'ip link set lo up && bash infra/local/stack.sh start && . .local-stack/env && ... ; bash infra/local/stack.sh stop'
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+STACK=${DERAIN_STACK_DIR:-$ROOT/.local-stack}
+BIN=${DERAIN_VENV:-$ROOT/.venv}/bin
+S3_PORT=${DERAIN_S3_PORT:-9000}
+PREFECT_PORT=${DERAIN_PREFECT_PORT:-4200}
+RAY_PORT=${DERAIN_RAY_PORT:-6379}
+RAY_DASHBOARD_PORT=${DERAIN_RAY_DASHBOARD_PORT:-8265}
+RAY_CLIENT_PORT=${DERAIN_RAY_CLIENT_PORT:-10001}
+POOL=derain-local
+BUCKET=${DERAIN_BUCKET:-derain-archive}
+LOGS=$STACK/logs
+PIDS=$STACK/pids
+RAY_TEMP=$STACK/ray
+RAY_MARKER="DERAIN_RAY_TAG=$RAY_TEMP"
+TOKEN=$STACK/ray-auth-token
+ENV_FILE=$STACK/env
+
+log() { echo "stack: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+write_env() {
+  cat > "$ENV_FILE" <<EOF
+# Written by infra/local/stack.sh; source it: . $ENV_FILE
+export PREFECT_HOME=$STACK/prefect
+export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export AWS_ACCESS_KEY_ID=testing
+export AWS_SECRET_ACCESS_KEY=testing
+export AWS_DEFAULT_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+export RAY_ADDRESS=127.0.0.1:$RAY_PORT
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$RAY_DASHBOARD_PORT
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH=$TOKEN
+export RAY_USAGE_STATS_ENABLED=0
+# Parameters of the prefect.yaml deployments (read at \`prefect deploy\` time); local defaults
+# on the bucket $BUCKET of the local S3 endpoint. Set them before \`start\` to override.
+export DERAIN_SOURCE=${DERAIN_SOURCE:-s3://$BUCKET/raw}
+export DERAIN_DESTINATION=${DERAIN_DESTINATION:-s3://$BUCKET/derained}
+export DERAIN_MODELS=${DERAIN_MODELS:-s3://$BUCKET/models}
+export DERAIN_CONTENT=${DERAIN_CONTENT:-s3://$BUCKET/content}
+export DERAIN_CHECKPOINTS=${DERAIN_CHECKPOINTS:-$STACK/train}
+EOF
+}
+
+alive() {  # alive NAME: the PID in pids/NAME runs
+  local pid
+  pid=$(cat "$PIDS/$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" | cut -c1)" != Z ]
+}
+
+start_bg() {  # start_bg NAME CMD...: in its own session (so stop can signal the group)
+  local name=$1
+  shift
+  setsid "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PIDS/$name"
+}
+
+wait_for() {  # wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds
+  local name=$1 seconds=$2 i
+  shift 2
+  for ((i = 0; i < seconds * 2; i++)); do
+    if "$@" > /dev/null 2>&1; then
+      return 0
+    fi
+    if [ "$name" != ray ] && ! alive "$name"; then
+      tail -n 20 "$LOGS/$name.log" >&2 || true
+      die "$name exited during start-up; log: $LOGS/$name.log"
+    fi
+    sleep 0.5
+  done
+  tail -n 20 "$LOGS/$name.log" >&2 || true
+  die "$name not healthy after ${seconds}s; log: $LOGS/$name.log"
+}
+
+port_free() { ! (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
+
+s3_ok() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/")" = 200 ]; }
+prefect_ok() { [ "$(curl -sf "http://127.0.0.1:$PREFECT_PORT/api/health")" = true ]; }
+ray_ok() { (. "$ENV_FILE" && "$BIN/ray" status --address "127.0.0.1:$RAY_PORT"); }
+jobs_api_ok() { curl -sf "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/gcs_healthz"; }
+worker_ok() {  # the pool has a worker that the server sees as ONLINE
+  curl -sf -X POST -H 'Content-Type: application/json' -d '{}' \
+    "http://127.0.0.1:$PREFECT_PORT/api/work_pools/$POOL/workers/filter" | grep -q '"ONLINE"'
+}
+ray_pids() { "$BIN/python" infra/local/procs.py find "$RAY_MARKER"; }
+
+start() {
+  [ -x "$BIN/python" ] || die "no virtual environment at ${BIN%/bin}: run bash infra/local/setup.sh"
+  mkdir -p "$LOGS" "$PIDS" "$RAY_TEMP" "$STACK/prefect"
+  if [ ! -s "$TOKEN" ]; then
+    (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$TOKEN")
+  fi
+  write_env
+  # shellcheck disable=SC1090
+  . "$ENV_FILE"
+
+  if alive s3; then
+    log "s3 already running (pid $(cat "$PIDS/s3"))"
+  else
+    port_free "$S3_PORT" || die "port $S3_PORT is taken (set DERAIN_S3_PORT)"
+    start_bg s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+    wait_for s3 30 s3_ok
+    log "s3 (moto) on $AWS_ENDPOINT_URL, pid $(cat "$PIDS/s3")"
+  fi
+  "$BIN/python" -c 'import os, sys, s3fs
+fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+fs.exists(sys.argv[1]) or fs.mkdir(sys.argv[1])' "$BUCKET" > "$LOGS/bucket.log" 2>&1 ||
+    die "could not create bucket $BUCKET; log: $LOGS/bucket.log"
+
+  if alive prefect-server; then
+    log "prefect server already running (pid $(cat "$PIDS/prefect-server"))"
+  else
+    port_free "$PREFECT_PORT" || die "port $PREFECT_PORT is taken (set DERAIN_PREFECT_PORT)"
+    start_bg prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    wait_for prefect-server 90 prefect_ok
+    log "prefect server on $PREFECT_API_URL, pid $(cat "$PIDS/prefect-server")"
+  fi
+
+  if [ -n "$(ray_pids)" ]; then
+    log "ray already running (pids $(ray_pids | tr '\n' ' '))"
+  else
+    port_free "$RAY_PORT" || die "port $RAY_PORT is taken (set DERAIN_RAY_PORT)"
+    port_free "$RAY_DASHBOARD_PORT" || die "port $RAY_DASHBOARD_PORT is taken"
+    if ! env "$RAY_MARKER" "$BIN/ray" start --head --node-ip-address 127.0.0.1 \
+        --port "$RAY_PORT" --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
+        --include-dashboard true --ray-client-server-port "$RAY_CLIENT_PORT" \
+        --temp-dir "$RAY_TEMP" --num-cpus "${DERAIN_RAY_CPUS:-$(nproc)}" \
+        --disable-usage-stats > "$LOGS/ray.log" 2>&1; then
+      tail -n 20 "$LOGS/ray.log" >&2
+      die "ray start failed; log: $LOGS/ray.log (session logs: $RAY_TEMP/session_latest/logs)"
+    fi
+    wait_for ray 60 ray_ok
+    wait_for ray 60 jobs_api_ok
+    ray_pids > "$PIDS/ray"
+    log "ray head on $RAY_ADDRESS, jobs API $RAY_API_SERVER_ADDRESS, pids $(tr '\n' ' ' < "$PIDS/ray")"
+  fi
+
+  "$BIN/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 ||
+    "$BIN/prefect" work-pool create "$POOL" --type process > "$LOGS/work-pool.log" 2>&1 ||
+    die "could not create work pool $POOL; log: $LOGS/work-pool.log"
+
+  if alive prefect-worker; then
+    log "prefect worker already running (pid $(cat "$PIDS/prefect-worker"))"
+  else
+    start_bg prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process \
+      --name "$POOL-$(hostname)"
+    wait_for prefect-worker 90 worker_ok
+    log "prefect worker for pool $POOL, pid $(cat "$PIDS/prefect-worker")"
+  fi
+  log "ready: . $ENV_FILE"
+}
+
+stop_pid() {  # stop_pid NAME SIGNALS_BEFORE_KILL: TERM the process group, KILL after a while
+  local name=$1 terms=$2 pid i n
+  pid=$(cat "$PIDS/$name" 2>/dev/null) || return 0
+  for ((n = 0; n < terms; n++)); do
+    alive "$name" || break
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 20; i++)); do
+      alive "$name" || break
+      sleep 0.5
+    done
+  done
+  if alive "$name"; then
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  alive "$name" && die "$name (pid $pid) did not stop"
+  rm -f "$PIDS/$name"
+  log "stopped $name (pid $pid)"
+}
+
+stop() {
+  [ -d "$STACK" ] || { log "nothing to stop ($STACK does not exist)"; return 0; }
+  # The process worker ignores the first SIGTERM while it drains: send a second one.
+  stop_pid prefect-worker 2
+  if [ -x "$BIN/python" ] && [ -n "$(ray_pids)" ]; then
+    # Not `ray stop`: it would stop every Ray instance of this user on the machine.
+    "$BIN/python" infra/local/procs.py kill "$RAY_MARKER" --timeout 15 > /dev/null ||
+      die "ray processes survived SIGKILL: $(ray_pids)"
+    log "stopped ray"
+  fi
+  rm -f "$PIDS/ray"
+  stop_pid prefect-server 1
+  stop_pid s3 1
+}
+
+status() {
+  local up=0 total=0 name
+  for name in s3 prefect-server prefect-worker; do
+    total=$((total + 1))
+    if alive "$name"; then
+      up=$((up + 1))
+      echo "$name: running (pid $(cat "$PIDS/$name"))"
+    else
+      echo "$name: stopped"
+    fi
+  done
+  total=$((total + 1))
+  local pids=""
+  if [ -x "$BIN/python" ]; then pids=$(ray_pids); fi
+  if [ -n "$pids" ]; then
+    up=$((up + 1))
+    echo "ray: running (pids $pids)"
+  else
+    echo "ray: stopped"
+  fi
+  if [ -f "$ENV_FILE" ] && [ "$up" -eq "$total" ]; then
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    s3_ok && echo "  s3 endpoint $AWS_ENDPOINT_URL answers" || echo "  s3 endpoint not answering"
+    prefect_ok && echo "  prefect API $PREFECT_API_URL healthy" || echo "  prefect API not healthy"
+    worker_ok && echo "  pool $POOL has an online worker" || echo "  pool $POOL has no online worker"
+    ray_ok && echo "  ray status ok at $RAY_ADDRESS" || echo "  ray status failed"
+  fi
+  echo "logs: $LOGS"
+  [ "$up" -eq "$total" ]
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *)
+    echo "usage: $0 start|stop|status" >&2
+    exit 2
+    ;;
+esac

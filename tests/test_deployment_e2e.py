@@ -1,0 +1,148 @@
+"""End to end as an operator runs it: a real Prefect server, `prefect deploy` of prefect.yaml, a
+process worker, `prefect deployment run derain-archive/nightly --watch`, manifests in S3.
+
+Every process is started here and stopped here, by PID (the worker needs a second signal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import moving_frames_thwc_u8, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"prefect server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(
+        f"prefect server not healthy after {timeout_s} s: {log.read_text()[-2000:]}"
+    )
+
+
+def stop(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM, then (a process worker ignores the first for a while) SIGTERM again, then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=grace_s if sig != signal.SIGKILL else 10)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = log.open("wb")
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def prefect(args: list[str], env: dict[str, str], timeout_s: float = 300) -> str:
+    done = subprocess.run(
+        [PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_nightly_deployment_runs_on_a_real_prefect_server(s3, s3_endpoint, tmp_path):
+    from pipeline.manifest import ManifestStore
+    from pipeline.storage import open_location
+
+    fs, bucket, options = s3
+    for i in range(2):
+        local = write_video(
+            tmp_path / f"clip{i}.mkv", moving_frames_thwc_u8(6, 24, 32, seed=i), fps=Fraction(25)
+        )
+        fs.put_file(str(local), f"{bucket}/in/{local.name}")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PWD": str(REPO),  # prefect.yaml's pull step: run flows from this checkout
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "DERAIN_SOURCE": f"s3://{bucket}/in",
+        "DERAIN_DESTINATION": f"s3://{bucket}/out",
+        "DERAIN_MODELS": f"s3://{bucket}/models",  # empty registry: the shipped checkpoint
+        "DERAIN_CONTENT": f"s3://{bucket}/content",
+        "DERAIN_CHECKPOINTS": f"s3://{bucket}/train",
+        # Ray's socket paths must stay under 107 bytes: a short temp dir, not tmp_path.
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-"),
+    }
+    env.pop("PREFECT_API_KEY", None)
+    processes: list[subprocess.Popen] = []
+    try:
+        server_log = tmp_path / "server.log"
+        server = start(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            server_log,
+        )
+        processes.append(server)
+        wait_healthy(f"{api}/health", server, server_log)
+        prefect(["work-pool", "create", "derain-local", "--type", "process"], env)
+        prefect(["--no-prompt", "deploy", "--name", "nightly"], env)
+        deployment = json.loads(
+            prefect(["deployment", "inspect", "derain-archive/nightly", "-o", "json"], env)
+        )
+        # Overlapping nightly runs queue behind each other instead of doing the same videos.
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+        (schedule,) = deployment["schedules"]
+        assert schedule["schedule"]["cron"] == "0 2 * * *"
+        worker_log = tmp_path / "worker.log"
+        processes.append(
+            start([PREFECT, "worker", "start", "--pool", "derain-local"], env, worker_log)
+        )
+        out = prefect(
+            ["deployment", "run", "derain-archive/nightly", "--watch", "--watch-timeout", "600"],
+            env,
+            timeout_s=660,
+        )
+        assert "Completed" in out, out + worker_log.read_text()[-3000:]
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert all(p.poll() is not None for p in processes)
+    store = ManifestStore(open_location(f"s3://{bucket}/out/_manifests", options))
+    (commit,) = store.commits()
+    assert (commit["ok"], commit["failed"], commit["frames"]) == (2, 0, 12)
+    assert fs.exists(f"{bucket}/out/clip0.mp4") and fs.exists(f"{bucket}/out/clip1.mp4")
+    assert fs.glob(f"{bucket}/out/_manifests/reports/run={commit['run_id']}/report.md")

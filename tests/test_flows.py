@@ -1,0 +1,76 @@
+"""The derain-archive flow under a Prefect test API, on the moto S3 server and a local Ray."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from tests.conftest import moving_frames_thwc_u8, write_video
+
+
+def artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_work(
+    s3, tmp_path, tiny_checkpoint, ray_session, prefect_harness
+):
+    from flows.archive import derain_archive
+    from pipeline.manifest import ManifestStore, report_key
+    from pipeline.models import publish_model
+    from pipeline.storage import open_location
+
+    fs, bucket, options = s3
+    for i, (frames, codec) in enumerate([(12, "ffv1"), (9, "libx264")]):
+        local = write_video(
+            tmp_path / f"v{i}.{'mkv' if codec == 'ffv1' else 'mp4'}",
+            moving_frames_thwc_u8(frames, 32, 48, seed=i),
+            codec=codec,
+            fps=Fraction(25),
+        )
+        fs.put_file(str(local), f"{bucket}/in/cam{i}/{local.name}")
+    registry = f"s3://{bucket}/models"
+    version = publish_model(tiny_checkpoint, registry, options, version="2026.12.01")
+    params = {
+        "source": f"s3://{bucket}/in",
+        "destination": f"s3://{bucket}/out",
+        "storage_options": options,
+        "model_registry": registry,
+        "workers": 2,
+        "segment_frames": 8,  # the 12-frame video runs as two segments
+        "warmup_frames": 4,
+    }
+    first = derain_archive(**params)
+    assert (first["ok"], first["failed"], first["skipped"], first["frames"]) == (2, 0, 0, 21)
+    assert first["model"] == f"j4r-tiny {version}"
+    assert fs.exists(f"{bucket}/out/cam0/v0.mp4") and fs.exists(f"{bucket}/out/cam1/v1.mp4")
+    store = ManifestStore(open_location(f"s3://{bucket}/out/_manifests", options))
+    videos = store.read("videos").to_pylist()
+    assert {r["model_version"] for r in videos} == {version}
+    assert store.read("frames").num_rows == 21
+    report = fs.cat_file(f"{bucket}/out/_manifests/{report_key(first['run_id'])}").decode()
+    assert "cam0/v0.mkv" in report and "![mean alpha over time](alpha-" in report
+    assert len(fs.glob(f"{bucket}/out/_manifests/reports/run={first['run_id']}/*.png")) == 4
+    (table,) = artifacts("derain-videos")
+    assert "cam1/v1.mp4" in str(table.data)
+    (markdown,) = artifacts("derain-report")
+    assert "data:image/png;base64," in markdown.data
+    (progress,) = artifacts("derain-progress")
+    assert float(progress.data) == 100.0
+
+    fs.pipe(f"{bucket}/in/broken.mp4", b"not a video")
+    state = derain_archive(**params, return_state=True)
+    assert state.is_failed()  # a failed video fails the flow run ...
+    store_commits = store.commits()
+    assert len(store_commits) == 2  # ... after its manifests were committed
+    assert (store_commits[-1]["ok"], store_commits[-1]["skipped"]) == (0, 2)
+    assert store_commits[-1]["failed"] == 1
