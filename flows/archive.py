@@ -157,7 +157,8 @@ def derain_archive(
     Videos already done by the same model version are skipped; an interrupted run resumes.
     ``model_version`` ``latest`` means the registry's latest (or the shipped checkpoint when
     there is no registry). With ``fail_on_video_errors`` the flow run ends failed when any
-    video failed, after its manifests and report are written.
+    video failed, after its manifests and report are written. Prefect stores parameters:
+    keep credentials out of ``storage_options`` (workers use the AWS chain: env, profile, role).
     """
     from pipeline.video import EncodeOptions
 

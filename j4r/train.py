@@ -71,7 +71,11 @@ def train_step(
 ) -> dict[str, float]:
     """One optimisation step on ``batch`` (already on the model's device); returns loss terms.
 
-    ``model`` may be a DDP wrapper: stage 1 reaches the single-frame path through ``.module``.
+    ``model`` is a J4RNet, or anything whose ``.module`` has ``single_frame`` (stage 1) and
+    that is callable on a clip (stage 2). A plain DDP wrapper is NOT enough: stage 1 would call
+    ``model.module.single_frame`` past DDP's forward and its gradients would never be averaged
+    (measured: ranks drift apart after one step). :mod:`pipeline.ray_train` wraps the net so
+    both stages go through DDP's forward.
     """
     core: J4RNet = getattr(model, "module", model)
     stage = stage_of(step, config)

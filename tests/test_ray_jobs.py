@@ -70,6 +70,12 @@ def ray_head():
                 f"--dashboard-port={dashboard}",
                 "--include-dashboard=true",
                 f"--ray-client-server-port={client}",
+                # The job agent's ports default to fixed numbers that the session's other Ray
+                # (tests/conftest.py ray_session) already holds: then no job can be submitted.
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
                 f"--temp-dir={temp}",
                 "--num-cpus=2",
                 "--disable-usage-stats",
