@@ -120,3 +120,37 @@ def test_errors_in_the_reader_thread_reach_the_caller():
         for item in prefetch(items()):
             seen.append(item)
     assert seen == [1]
+
+
+def write_h264_short_gops(path, frames_thwc_u8, fps):
+    """H.264 with a keyframe every 8 frames and B-frames: seeks land mid-file."""
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames_thwc_u8.shape[2], frames_thwc_u8.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": "8", "keyint_min": "8", "bf": "2", "sc_threshold": "0"}
+        for rgb in frames_thwc_u8:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["h264", "ffv1"])
+def test_pyav_reader_seeks_to_a_start_frame_exactly(tmp_path, codec, monkeypatch):
+    import pipeline.video as video
+
+    frames = moving_frames_thwc_u8(60, 32, 48, seed=4)
+    rate = Fraction(30000, 1001)
+    if codec == "h264":
+        path = write_h264_short_gops(tmp_path / "v.mp4", frames, rate)
+    else:
+        path = write_video(tmp_path / "v.mkv", frames, fps=rate)
+    whole = np.concatenate(list(video._pyav_chunks(str(path), 16, 0, None)))  # no seek
+    assert len(whole) == 60
+    monkeypatch.setattr(video, "DECORD_BUDGET_BYTES", 0)  # as for a video too long for decord
+    assert video._readers_for(str(path), 0)[0][0] == "PyAV"
+    for start, stop in [(0, None), (17, 40), (33, None), (59, None)]:
+        got = np.concatenate(list(video.read_chunks(path, 16, start=start, stop=stop)))
+        np.testing.assert_array_equal(got, whole[start:stop], err_msg=f"{start}..{stop}")
