@@ -63,7 +63,7 @@ def split_long_videos(
     return split
 
 
-def merge_rows(task: VideoTask, rows: list[VideoRow]) -> VideoRow:
+def merge_rows(rows: list[VideoRow]) -> VideoRow:
     """One videos row from the rows of a video's segments (in segment order)."""
     first = rows[0]
     failed = [(i, r) for i, r in enumerate(rows) if r.status != "ok"]
@@ -124,7 +124,7 @@ class SegmentJoiner:
         del self.pending[task.video_id]
         ordered = [parts[i] for i in range(task.segments)]
         whole = replace(task, segment=None, segments=1)
-        merged = merge_rows(whole, [r for r, _ in ordered])
+        merged = merge_rows([r for r, _ in ordered])
         part_urls = [r.output_url for r, _ in ordered if r.status == "ok" and r.frames]
         try:
             if merged.status == "ok":
