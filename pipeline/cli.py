@@ -19,6 +19,20 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 logger = logging.getLogger("derain")
 
 
+def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
+    """``--endpoint-url`` and ``--storage-option``, read by ``run_cli.parse_storage_options``."""
+    p.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph); AWS_ENDPOINT_URL works too"
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra fsspec/s3fs option, e.g. anon=true (credentials: use the AWS chain)",
+    )
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -41,16 +55,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
     p.add_argument("--force", action="store_true", help="redo videos a manifest marks done")
     p.add_argument("--max-videos", type=int, help="process at most this many videos")
-    p.add_argument(
-        "--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph); AWS_ENDPOINT_URL works too"
-    )
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra fsspec/s3fs option, e.g. anon=true (credentials: use the AWS chain)",
-    )
+    _add_storage_arguments(p)
     p.add_argument(
         "--runner",
         choices=["ray", "sequential"],
@@ -137,8 +142,7 @@ def _add_train_ray(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
     p.add_argument("--out", type=Path, help="where the final checkpoint is copied")
     p.add_argument("--publish", metavar="REGISTRY", help="publish the result there as latest")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    _add_storage_arguments(p)
     p.set_defaults(handler=_lazy("pipeline.train_cli:train_ray_command"))
 
 
@@ -194,8 +198,7 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dst", help="the destination given to `derain run`")
     p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    _add_storage_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_lazy("pipeline.manifest_cli:manifest_command"))
 
@@ -211,8 +214,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="the destination given to `derain run`")
     p.add_argument("--run", help="run id (default: the latest committed run)")
     p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    _add_storage_arguments(p)
     p.add_argument("--detail", type=int, default=20, help="videos shown with plot and thumbnail")
     p.add_argument("--print", action="store_true", help="also print the Markdown")
     p.set_defaults(handler=_lazy("pipeline.manifest_cli:report_command"))
@@ -226,8 +228,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "pipeline.models.publish_model) and marks the one REGISTRY/j4r/latest.json points to.",
     )
     p.add_argument("registry", help="registry root: local path, file:// or s3://bucket/prefix")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    _add_storage_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_lazy("pipeline.models_cli:models_command"))
 

@@ -257,7 +257,7 @@ class DerainStage:
         ) as writer:
             # Decode ahead and encode behind the network, two chunks of slack each way.
             decoded = read_chunks(
-                source, self.chunk_frames, start=segment.warm_start, stop=segment.stop
+                source, self.chunk_frames, start=segment.warm_start, stop=segment.stop, info=info
             )
             # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
             middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None

@@ -148,11 +148,12 @@ def _pyav_chunks(
 DECORD_BUDGET_BYTES = 64 * 2**20
 
 
-def _readers_for(path: str, start: int):
-    try:
-        info = probe(path)
-    except VideoError:
-        return (("decord", _decord_chunks), ("PyAV", _pyav_chunks))  # let both say why
+def _readers_for(path: str, start: int, info: VideoInfo | None = None):
+    if info is None:
+        try:
+            info = probe(path)
+        except VideoError:
+            return (("decord", _decord_chunks), ("PyAV", _pyav_chunks))  # let both say why
     decoded_bytes = max(0, info.frames - start) * info.width * info.height * 3
     if decoded_bytes <= DECORD_BUDGET_BYTES:
         return (("decord", _decord_chunks), ("PyAV", _pyav_chunks))
@@ -160,18 +161,23 @@ def _readers_for(path: str, start: int):
 
 
 def read_chunks(
-    path: str | Path, chunk_frames: int = 16, *, start: int = 0, stop: int | None = None
+    path: str | Path,
+    chunk_frames: int = 16,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    info: VideoInfo | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield ``frames_thwc_u8`` chunks of frames ``[start, stop)``, at most ``chunk_frames`` each.
 
     decord is the reader while the decoded rest of the video fits ``DECORD_BUDGET_BYTES``
     (it buffers all of it), PyAV beyond that; either falls back to the other when it cannot open
     the file or decode its first frame. A file neither can decode raises :class:`VideoError`
-    with both reasons.
+    with both reasons. ``info``: the file's :func:`probe`, if the caller already has it.
     """
     path = str(path)
     errors: list[str] = []
-    for name, reader in _readers_for(path, start):
+    for name, reader in _readers_for(path, start, info):
         chunks = reader(path, chunk_frames, start, stop)
         try:
             first = next(chunks, None)
