@@ -8,7 +8,6 @@ recall are reported on Heavy, the only set with occlusions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import torch
 from j4r.arch import J4RNet
 from j4r.color import rgb_to_luma, rgb_to_ycbcr, with_luma
 from j4r.config import rain_config
+from j4r.metrics import psnr, ssim
 from j4r.motion import CameraPath, render_path
 from j4r.rain import add_rain
 from j4r.sources import CleanSource, evaluation_sources
@@ -76,19 +76,6 @@ def build_eval_set(preset: str, *, frames: int = 24, crop: int = 192) -> list[Ev
         sample = add_rain(clean, config, seed=EVAL_SEED + 1000 * index + (preset == "heavy"))
         clips.append(EvalClip(name, sample.rainy, clean, sample.alpha))
     return clips
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    mse = float(((prediction - target) ** 2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def ssim(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    from skimage.metrics import structural_similarity
-
-    a = prediction.permute(1, 2, 0).numpy().astype(np.float64)
-    b = target.permute(1, 2, 0).numpy().astype(np.float64)
-    return float(structural_similarity(a, b, data_range=1.0, channel_axis=2))
 
 
 # A method maps a rainy RGB clip (t, 3, h, w) to (de-rained RGB, P(α = 1) (t, 1, h, w) or None).
