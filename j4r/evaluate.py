@@ -1,9 +1,19 @@
-"""Deterministic Light and Heavy test sets from held-out content, and the comparison table.
+"""Deterministic test sets from held-out content, and the comparison table.
 
-Methods compared on the same rainy clips: the rainy input itself, a temporal median filter,
-the single-frame model (stage 1 only) and J4R-Net. PSNR and SSIM are computed per frame on
-RGB and on luma (Y) and averaged over all frames of all clips; α detection precision and
-recall are reported on Heavy, the only set with occlusions.
+Sets (all from evaluation content only, never used in training):
+
+* ``light`` / ``heavy``: the project's own rain renderer (:mod:`j4r.rain`) over seven clips;
+* ``foreign-light`` / ``foreign-heavy``: rain from the evaluation-only renderer
+  (:mod:`j4r.evalsets.foreign_rain`, a different style) over the same seven clips and five
+  drawn provoking scenes: the generalisation numbers;
+* ``clean``: rain-free provoking clips (:mod:`j4r.evalsets.clean_scenes`); the output is
+  scored against the input ("does no harm").
+
+Methods compared on the same clips: the rainy input itself, a temporal median filter, the
+single-frame model (stage 1 only) and J4R-Net. PSNR and SSIM are computed per frame on RGB and
+on luma (Y); each set reports the mean over all frames, the worst clip, and (rainy sets) the
+luma gain over the input, mean and worst clip; α detection precision and recall where the set
+has occlusions (``heavy``).
 """
 
 from __future__ import annotations
@@ -118,18 +128,62 @@ def j4r_method(model: J4RNet) -> Method:
     return run
 
 
-def score(method: Method, clips: list[EvalClip]) -> dict[str, float]:
+SETS = ("light", "heavy", "foreign-light", "foreign-heavy", "clean")
+# Sets whose reference is the input itself: the score says how much the method changed it.
+NO_HARM_SETS = ("clean",)
+
+
+def build_foreign_set(preset: str, *, frames: int = 24, crop: int = 192) -> list[EvalClip]:
+    """Rain from the evaluation-only renderer over the seven standard clips and the five
+    drawn provoking scenes (poles, fence, night windows, sign, crossing traffic)."""
+    from j4r.evalsets.clean_scenes import clean_clips
+    from j4r.evalsets.foreign_rain import add_foreign_rain
+
+    sources = evaluation_sources()
+    scenes = [c for c in clean_clips(sources, frames=frames, crop=crop) if "real" not in c[0]]
+    clips = []
+    for index, (name, clean) in enumerate(_clean_clips(sources, frames, crop) + scenes):
+        rainy = add_foreign_rain(clean, preset, seed=EVAL_SEED + 7919 * index + len(preset))
+        clips.append(EvalClip(name, rainy, clean, torch.zeros_like(clean[:, :1])))
+    return clips
+
+
+def build_clean_set(*, frames: int = 24, crop: int = 192) -> list[EvalClip]:
+    """Rain-free provoking clips; the method's output is scored against its own input."""
+    from j4r.evalsets.clean_scenes import clean_clips
+
+    return [
+        EvalClip(name, clip, clip, torch.zeros_like(clip[:, :1]))
+        for name, clip in clean_clips(evaluation_sources(), frames=frames, crop=crop)
+    ]
+
+
+def build_set(name: str, *, frames: int = 24, crop: int = 192) -> list[EvalClip]:
+    if name in ("light", "heavy"):
+        return build_eval_set(name, frames=frames, crop=crop)
+    if name.startswith("foreign-"):
+        return build_foreign_set(name.removeprefix("foreign-"), frames=frames, crop=crop)
+    if name == "clean":
+        return build_clean_set(frames=frames, crop=crop)
+    raise ValueError(f"unknown evaluation set {name!r}; choose from {', '.join(SETS)}")
+
+
+def score(method: Method, clips: list[EvalClip]) -> dict:
+    """Mean over every frame of every clip, plus per-clip means (``clips``) and the worst clip."""
     rows: dict[str, list[float]] = {"psnr_rgb": [], "ssim_rgb": [], "psnr_y": [], "ssim_y": []}
+    per_clip: dict[str, dict[str, float]] = {}
     true_pos = pred_pos = real_pos = 0.0
     have_alpha = False
     for clip in clips:
         derained, alpha_prob = method(clip.rainy)
+        first = len(rows["psnr_rgb"])
         for t in range(clip.clean.shape[0]):
             pred, clean = derained[t], clip.clean[t]
             rows["psnr_rgb"].append(psnr(pred, clean))
             rows["ssim_rgb"].append(ssim(pred, clean))
             rows["psnr_y"].append(psnr(rgb_to_luma(pred), rgb_to_luma(clean)))
             rows["ssim_y"].append(ssim(rgb_to_luma(pred), rgb_to_luma(clean)))
+        per_clip[clip.name] = {k: float(np.mean(v[first:])) for k, v in rows.items()}
         if alpha_prob is not None:
             have_alpha = True
             predicted = alpha_prob > 0.5
@@ -137,15 +191,47 @@ def score(method: Method, clips: list[EvalClip]) -> dict[str, float]:
             true_pos += float((predicted & actual).sum())
             pred_pos += float(predicted.sum())
             real_pos += float(actual.sum())
-    result = {k: float(np.mean(v)) for k, v in rows.items()}
+    result: dict = {k: float(np.mean(v)) for k, v in rows.items()}
+    worst = min(per_clip, key=lambda name: per_clip[name]["psnr_rgb"])
+    result["worst_clip"] = worst
+    result["worst_psnr_rgb"] = per_clip[worst]["psnr_rgb"]
+    result["clips"] = per_clip
     if have_alpha and real_pos > 0:
         result["alpha_precision"] = true_pos / pred_pos if pred_pos else 0.0
         result["alpha_recall"] = true_pos / real_pos
     return result
 
 
-def evaluate(j4r: J4RNet, single: J4RNet | None, *, frames: int = 24, crop: int = 192) -> dict:
-    """Scores of every method on both sets: ``{set: {method: {metric: value}}}``."""
+def add_gains(methods: dict[str, dict]) -> None:
+    """Per method: luma PSNR gain over the rainy input, mean and worst clip (in place)."""
+    reference = methods.get("rainy input")
+    if reference is None:
+        return
+    for name, m in methods.items():
+        if name == "rainy input":
+            continue
+        gains = {
+            clip: m["clips"][clip]["psnr_y"] - reference["clips"][clip]["psnr_y"]
+            for clip in m["clips"]
+        }
+        m["gain_y"] = m["psnr_y"] - reference["psnr_y"]
+        m["worst_gain_clip"] = min(gains, key=gains.get)
+        m["worst_gain_y"] = gains[m["worst_gain_clip"]]
+
+
+def evaluate(
+    j4r: J4RNet,
+    single: J4RNet | None,
+    *,
+    frames: int = 24,
+    crop: int = 192,
+    sets: tuple[str, ...] = SETS,
+) -> dict:
+    """Scores of every method on every set: ``{set: {method: {metric: value}}}``.
+
+    ``clean`` scores the output against the input (no rain: the ideal output is the input),
+    so "rainy input" is left out there; the other sets also get gains over the input.
+    """
     methods: dict[str, Method] = {
         "rainy input": identity_method,
         "temporal median": temporal_median,
@@ -153,27 +239,36 @@ def evaluate(j4r: J4RNet, single: J4RNet | None, *, frames: int = 24, crop: int 
     if single is not None:
         methods["single-frame (stage 1)"] = single_frame_method(single)
     methods["J4R-Net"] = j4r_method(j4r)
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for preset in ("light", "heavy"):
-        clips = build_eval_set(preset, frames=frames, crop=crop)
-        results[preset] = {name: score(method, clips) for name, method in methods.items()}
+    results: dict[str, dict[str, dict]] = {}
+    for name in sets:
+        clips = build_set(name, frames=frames, crop=crop)
+        chosen = {
+            k: v for k, v in methods.items() if not (name in NO_HARM_SETS and k == "rainy input")
+        }
+        results[name] = {k: score(method, clips) for k, method in chosen.items()}
+        add_gains(results[name])
     return results
 
 
 def markdown_table(results: dict) -> str:
+    """One row per set and method; ``clean`` rows compare the output with the input."""
     lines = [
-        "| set | method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | α precision | α recall |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| set | method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | worst clip PSNR RGB "
+        "| gain Y (mean / worst clip) | α precision | α recall |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for preset, methods in results.items():
         for name, m in methods.items():
             alpha = (
                 (f"{m['alpha_precision']:.3f}", f"{m['alpha_recall']:.3f}")
-                if "alpha_precision" in m and preset == "heavy"
+                if "alpha_precision" in m
                 else ("", "")
             )
+            worst = f"{m['worst_psnr_rgb']:.2f}" if "worst_psnr_rgb" in m else ""
+            gain = f"{m['gain_y']:+.2f} / {m['worst_gain_y']:+.2f}" if "gain_y" in m else ""
             lines.append(
                 f"| {preset} | {name} | {m['psnr_rgb']:.2f} | {m['ssim_rgb']:.4f} | "
-                f"{m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {alpha[0]} | {alpha[1]} |"
+                f"{m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {worst} | {gain} | "
+                f"{alpha[0]} | {alpha[1]} |"
             )
     return "\n".join(lines) + "\n"

@@ -182,11 +182,90 @@ def _render_occlusions(
     return alpha, reliance
 
 
+def _lens_drops(
+    rng: np.random.Generator, config: RainConfig, clean_tchw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Defocused drops on the lens: soft discs fixed in the frame for the whole clip.
+
+    Inside a drop the scene is a blurred, brightened copy of what lies behind it (α = 1 where
+    the disc is mostly opaque). Returns the coverage ``(1, 1, h, w)`` and what the drop shows.
+    """
+    t, _, h, w = clean_tchw.shape
+    count = rng.poisson(config.lens_drops * h * w / 1e4)
+    coverage = torch.zeros(1, 1, h, w)
+    if count == 0:
+        return coverage, clean_tchw
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    for _ in range(count):
+        radius = rng.uniform(3.0, 0.12 * min(h, w) + 3.0)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        aspect = rng.uniform(0.7, 1.3)
+        dist = torch.sqrt(((yy - cy) * aspect) ** 2 + ((xx - cx) / aspect) ** 2) / radius
+        coverage = torch.maximum(coverage, (1.5 - dist).clamp(0, 1)[None, None] * 2 - 1)
+    coverage = coverage.clamp(0, 1)
+    shown = _gaussian_blur(clean_tchw.flatten(0, 1)[:, None], rng.uniform(2.0, 5.0))
+    shown = shown.view_as(clean_tchw) * rng.uniform(0.85, 1.1) + rng.uniform(0.02, 0.15)
+    return coverage, shown.clamp(0, 1)
+
+
 def add_rain(clean_tchw: torch.Tensor, config: RainConfig, *, seed: int) -> RainSample:
-    """Apply the hybrid model to a clean clip ``(t, c, h, w)`` in [0, 1] (c = 1 luma or 3 RGB)."""
+    """Apply the hybrid model to a clean clip ``(t, c, h, w)`` in [0, 1] (c = 1 luma or 3 RGB).
+
+    Beyond the presets' streaks and drops: a veil (the haze of dense rain, counted in the
+    streak layer: it adds to what the background shows) and drops on the lens (counted as
+    occlusion, α = 1 where a drop is mostly opaque).
+    """
     t, _, h, w = clean_tchw.shape
     streaks, alpha, reliance = render_rain(config, frames=t, height=h, width=w, seed=seed)
     streaked = (clean_tchw + streaks).clamp(0.0, 1.0)
+    rng = np.random.default_rng([seed, 1])
+    if config.veil > 0:
+        level = float(rng.uniform(0.55, 0.9))
+        streaked = (1 - config.veil) * streaked + config.veil * level
     rainy = (1 - alpha) * streaked + alpha * reliance
+    if config.lens_drops > 0:
+        coverage, shown = _lens_drops(rng, config, clean_tchw)
+        rainy = (1 - coverage) * rainy + coverage * shown
+        drop = (coverage > 0.5).float().expand(t, 1, h, w)
+        reliance = torch.where(drop.bool(), shown.mean(dim=1, keepdim=True), reliance)
+        alpha = torch.maximum(alpha, drop)
+        streaked = (1 - coverage) * streaked + coverage * shown
     effective_streaks = ((streaked - clean_tchw) * (1 - alpha)).mean(dim=1, keepdim=True)
     return RainSample(rainy, clean_tchw, effective_streaks, alpha, reliance)
+
+
+def random_rain_config(rng: np.random.Generator) -> RainConfig:
+    """Domain-randomised rain for training: one style per clip, drizzle to downpour.
+
+    Angle from vertical to strongly slanted, 1-3 depth layers with streak widths of about
+    1-4 px, lengths, transparency and blur drawn per layer, and, some of the time, sharp line
+    streaks, sparkle, opaque drops, a veil and drops on the lens. The fixed ``light`` and
+    ``heavy`` presets lie inside this range.
+    """
+    strength = float(rng.uniform(0.0, 1.0))  # 0 drizzle .. 1 downpour
+    angle = float(rng.uniform(-6, 6) if rng.random() < 0.4 else rng.uniform(-45, 45))
+    n_layers = int(rng.integers(1, 4))
+    layers = []
+    for i in range(n_layers):
+        near = i / (n_layers - 1) if n_layers > 1 else float(rng.uniform())
+        density = float(rng.uniform(3, 35) * (1 - 0.85 * near) * (0.4 + strength))
+        lo = float(rng.uniform(4, 18) * (1 + 1.5 * near))
+        length = (lo, lo * float(rng.uniform(1.3, 2.8)))
+        sigma = float(rng.uniform(0.3, 0.6) + near * rng.uniform(0.0, 1.2))
+        peak = float(rng.uniform(0.1, 0.35) + near * rng.uniform(0.0, 0.4) * (0.5 + strength))
+        intensity = (peak * float(rng.uniform(0.4, 0.8)), min(peak, 0.95))
+        layers.append((density, length, sigma, intensity))
+    chance = rng.random(5)
+    return RainConfig(
+        name="random",
+        layers=tuple(layers),
+        angle_deg=(angle, angle),
+        angle_jitter_deg=float(rng.uniform(0.5, 6.0)),
+        sharp_lines=float(rng.uniform(0.3, 3.0) * strength) if chance[0] < 0.3 else 0.0,
+        sparkle=float(rng.uniform(0.0005, 0.005)) if chance[1] < 0.2 else 0.0,
+        occlusion=float(rng.uniform(0.003, 0.04) * (0.3 + strength)) if chance[2] < 0.35 else 0.0,
+        veil=float(rng.uniform(0.02, 0.12) * (0.3 + strength)) if chance[3] < 0.25 else 0.0,
+        lens_drops=float(rng.uniform(0.3, 1.5)) if chance[4] < 0.12 else 0.0,
+    )

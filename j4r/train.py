@@ -24,6 +24,7 @@ from j4r.config import NetConfig, TrainConfig, to_dict
 from j4r.data import Batch, ClipSampler
 from j4r.losses import j4r_loss, single_frame_loss
 from j4r.model import build_model, parameter_count
+from j4r.precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     device_type = batch.rainy.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+    with autocast(device_type, resolve_precision(config.precision, device_type)):
         if stage == 1:
             rainy, clean, streaks = (x[:, 0] for x in (batch.rainy, batch.clean, batch.streaks))
             streak_free, predicted = core.single_frame(rainy)
@@ -172,6 +173,19 @@ def resume(
     return start_step, optimizer, elapsed
 
 
+def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[str, str]:
+    """Copy a checkpoint's weights into ``model`` (same network config); returns its identity."""
+    from j4r.checkpoint import load_checkpoint
+
+    source, info = load_checkpoint(folder)
+    if info.net != net:
+        raise ValueError(
+            f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
+        )
+    model.load_state_dict(source.state_dict())
+    return {"name": info.name, "version": info.version, "sha256": info.sha256}
+
+
 def export(model: J4RNet, folder: Path, *, net: NetConfig, version: str, record: dict) -> Path:
     return save_checkpoint(
         model,
@@ -194,10 +208,13 @@ def train(
     preset: str = "custom",
     progress: bool = True,
     stop_after: int | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Run (or resume) both stages in ``run_dir``; returns where the checkpoints are.
 
     ``stop_after`` pauses after that many steps of this call (state saved, resumable).
+    ``init_from`` starts from a checkpoint's weights (fine-tuning) instead of a random
+    initialisation; its identity is recorded in the training record.
     """
     from tqdm import tqdm
 
@@ -206,6 +223,8 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(net).to(device)
     saved_config = {"net": to_dict(net), "train": to_dict(config), "preset": preset}
+    if init_from is not None:
+        saved_config["init_from"] = initialise_from(model, init_from, net)
     state = load_state(run_dir)
     if state is not None:
         logger.info("resuming %s at step %d", run_dir, int(state["step"]))

@@ -8,6 +8,8 @@ import torch
 
 from j4r.config import ClipConfig
 from j4r.data import ClipSampler
+from j4r.rain import random_rain_config
+from j4r.scenes import add_sprites, draw_structures
 from j4r.motion import CameraPath, render_path
 from j4r.sources import CleanSource, package_dir, read_image_rgb
 
@@ -25,8 +27,9 @@ def test_batches_are_a_function_of_seed_and_step(sampler):
     c = sampler.batch(seed=1, step=8, batch_size=3)
     torch.testing.assert_close(a.rainy, b.rainy, rtol=0, atol=0)
     assert not torch.equal(a.rainy, c.rainy)
-    assert a.rainy.shape == (3, 9, 1, 32, 32)
-    assert a.alpha.shape == (3, 9, 1, 32, 32)
+    config = ClipConfig()
+    assert a.rainy.shape == (3, config.frames, 1, config.size, config.size)
+    assert a.alpha.shape == a.rainy.shape
     assert float(a.rainy.min()) >= 0 and float(a.rainy.max()) <= 1
 
 
@@ -45,3 +48,38 @@ def test_clip_motion_is_smooth(sampler):
     step = (batch.clean[:, 1:] - batch.clean[:, :-1]).abs().mean()
     shuffled = (batch.clean[:, 1:] - batch.clean.flip(0)[:, :-1]).abs().mean()
     assert step < 0.5 * shuffled
+
+
+def test_some_clips_stay_dry_and_their_target_is_the_input(sampler):
+    batch = sampler.batch(seed=0, step=0, batch_size=40, frames=2)
+    dry = [bool(torch.equal(batch.rainy[i], batch.clean[i])) for i in range(40)]
+    assert 2 <= sum(dry) <= 18  # clean_fraction 0.2 of 40 clips
+    for i in (i for i, d in enumerate(dry) if d):
+        assert batch.streaks[i].abs().sum() == 0 and batch.alpha[i].sum() == 0
+
+
+def test_rain_style_is_randomised_per_clip():
+    rng = np.random.default_rng(0)
+    configs = [random_rain_config(rng) for _ in range(200)]
+    angles = [c.angle_deg[0] for c in configs]
+    assert min(angles) < -30 and max(angles) > 30
+    assert sum(abs(a) < 6 for a in angles) > 40  # many near-vertical
+    widths = [layer[2] for c in configs for layer in c.layers]
+    assert min(widths) < 0.4 and max(widths) > 1.4  # about 1 px to 4 px wide streaks
+    assert 0.2 < np.mean([c.occlusion > 0 for c in configs]) < 0.5
+    assert any(c.veil > 0 for c in configs) and any(c.lens_drops > 0 for c in configs)
+
+
+def test_structures_and_sprites_are_drawn_into_the_clean_target():
+    rng = np.random.default_rng(3)
+    canvas = torch.full((80, 80), 0.3)
+    drawn = draw_structures(rng, canvas)
+    assert drawn.shape == canvas.shape and float((drawn - canvas).abs().max()) > 0.2
+    clip = torch.full((5, 1, 48, 48), 0.2)
+    donors = [torch.rand(1, 120, 120)]
+    moved = add_sprites(np.random.default_rng(1), clip, donors)
+    changed = (moved - clip).abs().sum(dim=(1, 2, 3))
+    assert float(changed.min()) > 0
+    # The objects move on their own: the changed region differs between first and last frame.
+    first, last = (moved[0] - clip[0]).abs() > 0.01, (moved[-1] - clip[-1]).abs() > 0.01
+    assert not torch.equal(first, last)
