@@ -1,6 +1,6 @@
 """The ``derain-archive`` flow: discover → plan → run on Ray → commit manifests → report.
 
-Thin over :mod:`pipeline.archive`: each step is one call into the data plane. Ray is driven
+Thin over :mod:`pipeline.job.archive`: each step is one call into the data plane. Ray is driven
 directly from the run task (it joins ``ray_address`` or starts a local instance): a Prefect task
 runner submits stateless tasks and cannot hold the GPU actors that keep per-clip memory.
 
@@ -21,7 +21,10 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from pipeline.archive import (
+from pipeline.errors import RunStopped, UsageError, VideoFailures
+from pipeline.io.storage import SourceObject
+from pipeline.io.video import EncodeOptions
+from pipeline.job.archive import (
     ArchiveJob,
     RunPlan,
     RunSummary,
@@ -31,16 +34,14 @@ from pipeline.archive import (
     manifest_store,
     plan_run,
 )
-from pipeline.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
-from pipeline.storage import SourceObject
+from pipeline.runtime.runners import RunnerSettings
+from pipeline.stage.config import StageConfig
+from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
 
 FLOW_NAME = "derain-archive"
 # Storage calls back off 2 s, 10 s, 30 s: throttling and brief outages pass, bad URLs do not.
 STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NONE}
-
-
-class VideoFailures(RuntimeError):
-    """Some videos failed; the run is committed and reported, the flow run is marked failed."""
+__all__ = ["FLOW_NAME", "VideoFailures", "derain_archive"]
 
 
 @task(name="discover", **STORAGE_RETRIES)
@@ -55,13 +56,13 @@ def resolve_model_version(
     registry: str | None, version: str, options: dict[str, Any]
 ) -> tuple[str, str, str]:
     """(checkpoint the workers load, model name, model version) for the requested version."""
-    from j4r.checkpoint import DEFAULT_CHECKPOINT, read_info
-    from pipeline.models import MODEL_FAMILY, resolve_model
+    from pipeline.registry.checkpoints import default_checkpoint, read_model_info
+    from pipeline.registry.models import MODEL_FAMILY, resolve_model
 
     local = resolve_model(registry, version, options)
-    info = read_info(local)
+    info = read_model_info(local)
     checkpoint = str(local)
-    if registry and local != DEFAULT_CHECKPOINT:
+    if registry and local != default_checkpoint():
         # Workers on other nodes fetch the published version from the registry themselves.
         checkpoint = f"{registry.rstrip('/')}/{MODEL_FAMILY}/{info.version}"
     get_run_logger().info("model %s %s from %s", info.name, info.version, checkpoint)
@@ -83,10 +84,10 @@ def plan(job: ArchiveJob, videos: list[SourceObject], model: tuple[str, str, str
 
 
 @task(name="run-on-ray", cache_policy=NONE)
-def run_videos(run_plan: RunPlan, stage: dict[str, Any], runner_settings: dict[str, Any]):
+def run_videos(run_plan: RunPlan, stage: StageConfig, runner: RunnerSettings) -> RunSummary:
     """De-rain the planned videos; a progress artifact follows along. Not retried: re-running
     the flow resumes the run instead, skipping what finished."""
-    from pipeline.run_cli import build_runner
+    from pipeline.runtime.runners import build_runner
 
     logger = get_run_logger()
     total = max(1, len(run_plan.todo))
@@ -102,11 +103,11 @@ def run_videos(run_plan: RunPlan, stage: dict[str, Any], runner_settings: dict[s
             logger.warning("%s failed: %s: %s", video.source.url, row.error_type, row.error_message)
         update_progress_artifact(progress_id, 100.0 * done / total)
 
-    runner = build_runner(stage=stage, **runner_settings)
+    workers = build_runner(stage, runner)
     try:
-        summary = execute_run(run_plan, runner, on_result)
+        summary = execute_run(run_plan, workers, on_result)
     finally:
-        runner.close()
+        workers.close()
     update_progress_artifact(progress_id, 100.0)
     return summary
 
@@ -119,7 +120,7 @@ def commit(run_plan: RunPlan, summary: RunSummary) -> None:
 @task(name="report", **STORAGE_RETRIES)
 def publish_report(job: ArchiveJob, run_id: str) -> str:
     """The report file beside the manifests, and the same report as Prefect artifacts."""
-    from pipeline.report import build_report, data_uri, render_markdown, write_report
+    from pipeline.job.report import build_report, data_uri, render_markdown, write_report
 
     store = manifest_store(job)
     report = build_report(store, run_id)
@@ -157,29 +158,30 @@ def derain_archive(
     Videos already done by the same model version are skipped; an interrupted run resumes.
     ``model_version`` ``latest`` means the registry's latest (or the shipped checkpoint when
     there is no registry). With ``fail_on_video_errors`` the flow run ends failed when any
-    video failed, after its manifests and report are written. Prefect stores parameters:
-    keep credentials out of ``storage_options`` (workers use the AWS chain: env, profile, role).
+    video failed, after its manifests and report are written; when the circuit breaker stopped
+    the run (videos kept failing with an unexpected error) it ends failed in any case. Prefect
+    stores parameters: keep credentials out of ``storage_options`` (workers use the AWS chain:
+    env, profile, role).
     """
-    from pipeline.video import EncodeOptions
-
     for name, value in {
         "source": source,
         "destination": destination,
         "model_registry": model_registry,
     }.items():
         if value and "{{" in value:
-            raise ValueError(
+            raise UsageError(
                 f"parameter {name}={value!r} was never filled in: set the environment variable "
                 "it names before `prefect deploy`, or pass it with `--param` at run time"
             )
     options = storage_options or {}
     encode = EncodeOptions(lossless=lossless, crf=crf)
+    settings = RunnerSettings(kind=runner, address=ray_address, workers=workers)
     job = ArchiveJob(
         source=source,
         destination=destination,
         manifest=manifest,
         storage_options=options,
-        extension=encode.extension,
+        encode=encode,
         force=force,
         max_videos=max_videos,
         segment_frames=segment_frames,
@@ -188,20 +190,15 @@ def derain_archive(
     videos = discover_videos(job)
     model = resolve_model_version(model_registry, model_version, options)
     run_plan = plan(job, videos, model)
-    stage = {
-        "checkpoint": model[0],
-        "checkpoint_options": options,
-        "device": device,
-        "options": encode,
-    }
-    runner_settings = {
-        "runner": runner,
-        "address": ray_address,
-        "workers": workers,
-        "cpus_per_worker": cpus_per_worker,
-        "clips_per_worker": clips_per_worker,
-    }
-    summary = run_videos(run_plan, stage, runner_settings)
+    stage = StageConfig(
+        checkpoint=model[0],
+        checkpoint_options=options,
+        device=device,
+        encode=encode,
+        clips_per_batch=clips_per_worker,
+        cpus=cpus_per_worker,
+    )
+    summary = run_videos(run_plan, stage, settings)
     commit(run_plan, summary)
     report_url = publish_report(job, run_plan.run_id)
     result = {
@@ -216,6 +213,8 @@ def derain_archive(
         "report": report_url,
     }
     get_run_logger().info("derain-archive: %s", result)
+    if summary.stopped:
+        raise RunStopped(f"run {summary.run_id} {summary.stopped} (see {report_url})", summary)
     if summary.failed and fail_on_video_errors:
         failures = "; ".join(f"{url}: {error}" for url, error in summary.failures[:5])
         raise VideoFailures(f"{summary.failed} video(s) failed (see {report_url}): {failures}")

@@ -1,9 +1,9 @@
 """``train-j4r``: train J4R-Net on Ray, evaluate it, publish it to the model registry.
 
-A thin Prefect flow over :mod:`pipeline.content`, :mod:`pipeline.ray_train`,
-:mod:`pipeline.eval_cli` and :mod:`pipeline.models`; heavy imports (torch, ray) happen inside
-the tasks. Training checkpoints go to ``storage_path/run_name``: running the flow again with
-the same ``run_name`` continues that run from its latest checkpoint. The registry's
+A thin Prefect flow over :mod:`pipeline.registry.content`, :mod:`pipeline.runtime.ray_train`,
+:mod:`pipeline.tools.evaluation` and :mod:`pipeline.registry.models`; heavy imports (torch, ray)
+happen inside the tasks. Training checkpoints go to ``storage_path/run_name``: running the flow
+again with the same ``run_name`` continues that run from its latest checkpoint. The registry's
 ``latest.json`` moves only after the whole new version is uploaded.
 """
 
@@ -23,8 +23,8 @@ STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(back
 @task(name="ensure-training-content", **STORAGE_RETRIES)
 def ensure_content(content_url: str, storage_options: dict[str, Any]) -> int:
     """Upload j4r's default training photos when ``content_url`` holds none; returns count."""
-    from pipeline.content import list_images, upload_training_content
-    from pipeline.storage import open_location
+    from pipeline.io.storage import open_location
+    from pipeline.registry.content import list_images, upload_training_content
 
     present = len(list_images(open_location(content_url, storage_options)))
     if present:
@@ -71,8 +71,9 @@ def train_model(
     (``max_failures``), and running the flow again with the same ``run_name`` resumes.
     """
     from j4r.config import net_config, to_dict
-    from pipeline.ray_runner import connect
-    from pipeline.ray_train import RayTrainJob, train_on_ray
+    from pipeline.errors import RunnerError
+    from pipeline.runtime.ray_connect import connect
+    from pipeline.runtime.ray_train import RayTrainJob, train_on_ray
 
     connect(ray_address, num_cpus=None if ray_address else num_workers * threads_per_worker)
     job = RayTrainJob(
@@ -96,7 +97,7 @@ def train_model(
         output_dir=Path(tempfile.mkdtemp(prefix=f"train-j4r-{run_name}-")),
     )
     if result.final is None:
-        raise RuntimeError(f"run {run_name} stopped at step {result.steps} without a final model")
+        raise RunnerError(f"run {run_name} stopped at step {result.steps} without a final model")
     get_run_logger().info("trained %s: %d steps -> %s", run_name, result.steps, result.final)
     return result.final
 
@@ -107,16 +108,12 @@ def evaluate_model(checkpoint: Path, frames: int, crop: int) -> dict[str, float]
 
     Returns J4R-Net's PSNR/SSIM on luma per test set: ``{"light_psnr_y": dB, ...}``.
     """
-    from pipeline.eval_cli import evaluate_checkpoint, write_evaluation
+    from pipeline.tools.evaluation import evaluate_checkpoint, luma_scores, write_evaluation
 
     record, table = evaluate_checkpoint(checkpoint, frames=frames, crop=crop)
     write_evaluation(record, table, checkpoint)
     get_run_logger().info("evaluation of %s:\n%s", checkpoint, table)
-    return {
-        f"{preset}_{metric}": methods["J4R-Net"][metric]
-        for preset, methods in record["results"].items()
-        for metric in ("psnr_y", "ssim_y")
-    }
+    return luma_scores(record)
 
 
 @task(name="publish-model", **STORAGE_RETRIES)
@@ -127,7 +124,7 @@ def publish(
     version: str,
     set_latest: bool,
 ) -> str:
-    from pipeline.models import publish_model
+    from pipeline.registry.models import publish_model
 
     return publish_model(
         checkpoint, registry_url, storage_options, version=version, set_latest=set_latest

@@ -1,74 +1,62 @@
-"""Shared fixtures. State stays out of the home folder; threads stay within the 2-core budget."""
+"""Shared fixtures. State stays out of the home folder; threads stay within the 2-core budget.
+
+The environment is set in :func:`pytest_configure` (before any test module is imported, so
+before torch, Prefect and Ray read it) and restored in :func:`pytest_unconfigure`; nothing is
+set at import time. Test data helpers live in ``tests/helpers.py``.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-# Prefect keeps its database and settings here, not in the home folder (read at import time).
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="derain-prefect-home-"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DERAIN_MODEL_CACHE", tempfile.mkdtemp(prefix="derain-models-"))
+_saved_environment: dict[str, str | None] = {}
+_temp_dirs: list[str] = []
 
 
-def moving_frames_thwc_u8(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth textured scene panning right with a few bright streak-like lines."""
-    rng = np.random.default_rng(seed)
-    base = rng.random((height // 4 + 2, (width + frames * 2) // 4 + 2, 3))
-    big = np.kron(base, np.ones((4, 4, 1)))[:height, : width + frames * 2]
-    out = np.empty((frames, height, width, 3), dtype=np.uint8)
-    for t in range(frames):
-        frame = big[:, 2 * t : 2 * t + width].copy()
-        cols = rng.integers(0, width, 6)
-        frame[:, cols] = 0.95
-        out[t] = (frame * 255).astype(np.uint8)
-    return out
+def _set_default(name: str, value: str) -> None:
+    if name not in os.environ:
+        _saved_environment[name] = None
+        os.environ[name] = value
 
 
-def write_video(
-    path: Path,
-    frames_thwc_u8: np.ndarray,
-    *,
-    fps: Fraction | int = 25,
-    codec: str = "ffv1",
-    audio_seconds: float = 0.0,
-) -> Path:
-    """Encode test frames (and, if asked, a 440 Hz AAC tone) with PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = {"ffv1": "matroska", "libx264": "mp4", "mpeg4": "avi"}[codec]
-    with av.open(str(path), mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps))
-        stream.width, stream.height = frames_thwc_u8.shape[2], frames_thwc_u8.shape[1]
-        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
-        audio = container.add_stream("aac", rate=44100) if audio_seconds else None
-        for rgb in frames_thwc_u8:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode(None))
-        if audio is not None:
-            t = np.arange(int(44100 * audio_seconds)) / 44100
-            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            for start in range(0, len(tone), 1024):
-                block = tone[None, start : start + 1024]
-                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
-                frame.sample_rate = 44100
-                container.mux(audio.encode(frame))
-            container.mux(audio.encode(None))
+def _temp_dir(prefix: str) -> str:
+    path = tempfile.mkdtemp(prefix=prefix)
+    _temp_dirs.append(path)
     return path
+
+
+def pytest_configure(config) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    _set_default("OMP_NUM_THREADS", "2")
+    _set_default("RAY_USAGE_STATS_ENABLED", "0")
+    _set_default("AWS_ACCESS_KEY_ID", "testing")
+    _set_default("AWS_SECRET_ACCESS_KEY", "testing")
+    _set_default("AWS_DEFAULT_REGION", "us-east-1")
+    _set_default("AWS_EC2_METADATA_DISABLED", "true")
+    # Prefect keeps its database and settings here, not in the home folder (read on import).
+    if "PREFECT_HOME" not in os.environ:
+        _set_default("PREFECT_HOME", _temp_dir("derain-prefect-home-"))
+    _set_default("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if "DERAIN_MODEL_CACHE" not in os.environ:
+        _set_default("DERAIN_MODEL_CACHE", _temp_dir("derain-models-"))
+
+
+def pytest_unconfigure(config) -> None:
+    for name, value in _saved_environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved_environment.clear()
+    for path in _temp_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    _temp_dirs.clear()
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +106,6 @@ def s3(s3_endpoint, request):
 def ray_session(tmp_path_factory):
     """A real local Ray for the whole session (tests run inside `unshare --net`)."""
     ray = pytest.importorskip("ray")
-    import logging
 
     ray.init(
         address="local",

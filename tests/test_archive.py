@@ -11,13 +11,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline.archive import ArchiveJob, run_archive
-from pipeline.derain import DerainStage
-from pipeline.manifest import ManifestStore
-from pipeline.runners import SequentialRunner
-from pipeline.storage import open_location
-from pipeline.video import EncodeOptions, read_chunks
-from tests.conftest import moving_frames_thwc_u8, write_video
+from pipeline.io.storage import open_location
+from pipeline.io.video import EncodeOptions, read_chunks
+from pipeline.job.archive import ArchiveJob, run_archive
+from pipeline.job.manifest import ManifestStore
+from pipeline.runtime.runners import SequentialRunner
+from pipeline.stage.config import StageConfig
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 LOSSLESS = EncodeOptions(lossless=True)
 
@@ -41,13 +41,13 @@ def job_for(bucket, options, **kw):
         source=f"s3://{bucket}/in",
         destination=f"s3://{bucket}/out",
         storage_options=options,
-        extension=".mkv",
+        encode=LOSSLESS,
         **kw,
     )
 
 
 def sequential(checkpoint):
-    return SequentialRunner(lambda: DerainStage(checkpoint, device="cpu", options=LOSSLESS))
+    return SequentialRunner(StageConfig(checkpoint, device="cpu", encode=LOSSLESS))
 
 
 def store_of(bucket, options):
@@ -160,10 +160,10 @@ def test_interrupted_run_resumes_and_commits_every_frame_once(s3, tmp_path, tiny
 
 
 def run_on_ray(bucket, options, checkpoint, workers, clips_per_worker=1):
-    from pipeline.ray_runner import RayRunner
+    from pipeline.runtime.ray_runner import RayRunner
 
-    stage = {"checkpoint": str(checkpoint), "device": "cpu", "options": LOSSLESS}
-    runner = RayRunner(stage, workers=workers, clips_per_worker=clips_per_worker)
+    stage = StageConfig(checkpoint, device="cpu", encode=LOSSLESS, clips_per_batch=clips_per_worker)
+    runner = RayRunner(stage, workers=workers)
     try:
         return run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
     finally:
@@ -217,18 +217,13 @@ def test_ray_runner_matches_sequential(s3, tmp_path, tiny_checkpoint, ray_sessio
 @pytest.mark.ray
 @pytest.mark.slow
 def test_killed_actor_is_restarted_and_its_video_redone(s3, tmp_path, tiny_checkpoint, ray_session):
-    from pipeline.ray_runner import RayRunner
+    from pipeline.runtime.ray_runner import RayRunner
 
     fs, bucket, options = s3
     specs = {f"v{i}.mkv": (40, 48, 64, "ffv1") for i in range(4)}
     upload_archive(fs, bucket, tmp_path, specs)
     runner = RayRunner(
-        {
-            "checkpoint": str(tiny_checkpoint),
-            "device": "cpu",
-            "options": LOSSLESS,
-            "chunk_frames": 4,
-        },
+        StageConfig(tiny_checkpoint, device="cpu", encode=LOSSLESS, chunk_frames=4),
         workers=1,
     )
     first_pid = runner.actor_pids[0]
@@ -278,7 +273,7 @@ def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
     summary = run_on_ray(bucket, options, tiny_checkpoint, workers=2, clips_per_worker=2)
     assert (summary.ok, summary.failed) == (20, 0)
     assert not fs.exists(f"{bucket}/escape.mkv") and not fs.exists(f"{bucket}/escape.mp4")
-    from pipeline.video import probe
+    from pipeline.io.video import probe
 
     for key, (frames, w, h, fps) in expected.items():
         local = tmp_path / "check.mkv"

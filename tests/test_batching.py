@@ -10,10 +10,11 @@ import torch
 
 from j4r.checkpoint import load_checkpoint
 from j4r.model import derain_rgb_step
-from pipeline.batching import StepBatcher
-from pipeline.derain import DerainStage
-from pipeline.video import EncodeOptions, read_chunks
-from tests.conftest import moving_frames_thwc_u8, write_video
+from pipeline.io.video import EncodeOptions, read_chunks
+from pipeline.stage.batching import StepBatcher
+from pipeline.stage.config import StageConfig
+from pipeline.stage.derain import DerainStage
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 
 def run_alone(model, frames_t3hw):
@@ -59,12 +60,14 @@ def test_stage_with_concurrent_videos_matches_one_at_a_time(tmp_path, tiny_check
         for i in range(3)
     ]
     lossless = EncodeOptions(lossless=True)
-    alone = DerainStage(tiny_checkpoint, device="cpu", options=lossless)
+    alone = DerainStage(StageConfig(tiny_checkpoint, device="cpu", encode=lossless))
     expected = [
         np.concatenate(list(read_chunks(alone.process(s, tmp_path / f"a{i}.mkv").output)))
         for i, s in enumerate(sources)
     ]
-    together = DerainStage(tiny_checkpoint, device="cpu", options=lossless, clips_per_batch=3)
+    together = DerainStage(
+        StageConfig(tiny_checkpoint, device="cpu", encode=lossless, clips_per_batch=3)
+    )
     together.setup()
     outputs: dict[int, str] = {}
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from j4r.checkpoint import read_info
-from pipeline.cli import main
-from tests.conftest import moving_frames_thwc_u8, write_video
+from pipeline.cli.main import main
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 
 @pytest.mark.slow

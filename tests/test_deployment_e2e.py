@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import moving_frames_thwc_u8, write_video
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -79,8 +79,8 @@ def prefect(args: list[str], env: dict[str, str], timeout_s: float = 300) -> str
 @pytest.mark.slow
 @pytest.mark.ray
 def test_nightly_deployment_runs_on_a_real_prefect_server(s3, s3_endpoint, tmp_path):
-    from pipeline.manifest import ManifestStore
-    from pipeline.storage import open_location
+    from pipeline.io.storage import open_location
+    from pipeline.job.manifest import ManifestStore
 
     fs, bucket, options = s3
     for i in range(2):

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from tests.conftest import moving_frames_thwc_u8, write_video
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 
 def artifacts(key: str) -> list:
@@ -25,9 +25,9 @@ def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_w
     s3, tmp_path, tiny_checkpoint, ray_session, prefect_harness
 ):
     from flows.archive import derain_archive
-    from pipeline.manifest import ManifestStore, report_key
-    from pipeline.models import publish_model
-    from pipeline.storage import open_location
+    from pipeline.io.storage import open_location
+    from pipeline.job.manifest import ManifestStore, report_key
+    from pipeline.registry.models import publish_model
 
     fs, bucket, options = s3
     for i, (frames, codec) in enumerate([(12, "ffv1"), (9, "libx264")]):

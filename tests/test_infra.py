@@ -244,7 +244,7 @@ def test_raycluster_has_a_gpu_worker_group_with_autoscaling_bounds():
 
 
 def test_rayjobs_run_the_training_entrypoint_and_derain_run():
-    from pipeline.cli import build_parser
+    from pipeline.cli.main import build_parser
 
     jobs = {
         job["metadata"]["name"]: job

@@ -1,4 +1,5 @@
-"""Model registry (pipeline.models) and training content (pipeline.content), local and on S3."""
+"""Model registry (pipeline.registry.models) and training content (pipeline.registry.content),
+local and on S3."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import models
-from pipeline.models import (
+from pipeline.registry import models
+from pipeline.registry.models import (
     ModelRegistryError,
     fetch_checkpoint,
     list_models,
@@ -86,7 +87,7 @@ def test_latest_is_written_after_every_file_of_its_version(checkpoint, tmp_path,
 def test_resolve_falls_back_to_the_shipped_checkpoint(tmp_path, caplog):
     from j4r.checkpoint import DEFAULT_CHECKPOINT
 
-    caplog.set_level("INFO", logger="pipeline.models")
+    caplog.set_level("INFO", logger="pipeline.registry.models")
     assert resolve_model(None) == DEFAULT_CHECKPOINT
     empty = tmp_path / "empty-registry"
     empty.mkdir()
@@ -124,7 +125,7 @@ def test_a_corrupt_checkpoint_is_not_published(checkpoint, tmp_path):
 
 
 def test_registry_on_s3_versions_latest_and_cli(checkpoint, s3, tmp_path, capsys):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     fs, bucket, options = s3
     registry = f"s3://{bucket}/models"
@@ -154,7 +155,7 @@ def test_registry_on_s3_versions_latest_and_cli(checkpoint, s3, tmp_path, capsys
 
 def test_training_content_round_trip_on_s3(s3, monkeypatch):
     import j4r.sources
-    from pipeline.content import download_training_sources, upload_training_content
+    from pipeline.registry.content import download_training_sources, upload_training_content
 
     fs, bucket, options = s3
     photos = j4r.sources.training_photo_paths()[:2]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import moving_frames_thwc_u8, write_video
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -34,7 +34,7 @@ def bucket(s3_endpoint):
 def paused_then_resumed(ray_session, bucket, tmp_path_factory):
     """A run paused at the end of stage 1, then a new fit() of the same run to the end."""
     from j4r.config import net_config, to_dict, train_config
-    from pipeline.ray_train import RayTrainJob, train_on_ray
+    from pipeline.runtime.ray_train import RayTrainJob, train_on_ray
 
     _, name, options = bucket
     config = train_config("tiny", stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS)
@@ -110,7 +110,7 @@ def test_the_final_checkpoint_is_an_exported_j4r_checkpoint(paused_then_resumed)
 
 def test_train_j4r_flow_publishes_a_new_latest_version(prefect_harness, ray_session, bucket):
     from flows.train import train_j4r
-    from pipeline.models import resolve_model
+    from pipeline.registry.models import resolve_model
 
     fs, name, options = bucket
     version = train_j4r(

@@ -11,10 +11,11 @@ import torch
 
 from j4r.checkpoint import load_checkpoint
 from j4r.model import derain_rgb_step
-from pipeline.cli import main
-from pipeline.derain import DerainStage
-from pipeline.video import EncodeOptions, probe, read_chunks
-from tests.conftest import moving_frames_thwc_u8, write_video
+from pipeline.cli.main import main
+from pipeline.io.video import EncodeOptions, probe, read_chunks
+from pipeline.stage.config import StageConfig
+from pipeline.stage.derain import DerainStage
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 
 def derain_run(src, dst, checkpoint, *flags: str) -> int:
@@ -95,7 +96,12 @@ def test_lossless_output_equals_direct_model_inference(tmp_path, tiny_checkpoint
     outputs = []
     for chunk in (2, 16):
         stage = DerainStage(
-            tiny_checkpoint, device="cpu", chunk_frames=chunk, options=EncodeOptions(lossless=True)
+            StageConfig(
+                tiny_checkpoint,
+                device="cpu",
+                chunk_frames=chunk,
+                encode=EncodeOptions(lossless=True),
+            )
         )
         result = stage.process(src, tmp_path / f"out{chunk}" / "clip.mkv")
         assert result.frames == 9 and len(result.frame_stats) == 9
@@ -132,7 +138,7 @@ def test_missing_source_is_a_usage_error(tmp_path, capsys):
 def test_help_does_not_import_torch():
     code = (
         "import sys, contextlib, io\n"
-        "from pipeline.cli import main\n"
+        "from pipeline.cli.main import main\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['run', '--help'])\n"
         "assert 'torch' not in sys.modules and 'ray' not in sys.modules\n"

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.archive import ArchiveJob, run_archive
-from pipeline.derain import DerainStage
-from pipeline.manifest import ManifestStore
-from pipeline.runners import SequentialRunner
-from pipeline.storage import open_location
-from pipeline.video import EncodeOptions, probe, read_chunks
-from tests.conftest import moving_frames_thwc_u8, write_video
+from pipeline.io.storage import open_location
+from pipeline.io.video import EncodeOptions, probe, read_chunks
+from pipeline.job.archive import ArchiveJob, run_archive
+from pipeline.job.manifest import ManifestStore
+from pipeline.runtime.runners import SequentialRunner
+from pipeline.stage.config import StageConfig
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 SEAM_BOUND_LEVELS = 2  # measured: 2 on the first frame after the seam, then 1
 FRAMES = 72
@@ -32,11 +32,11 @@ def decode(path: Path) -> np.ndarray:
 
 def run_local(src: Path, dst: Path, *, lossless: bool, segment_frames: int, checkpoint=None):
     options = EncodeOptions(lossless=lossless)
-    runner = SequentialRunner(lambda: DerainStage(checkpoint, device="cpu", options=options))
+    runner = SequentialRunner(StageConfig(checkpoint, device="cpu", encode=options))
     job = ArchiveJob(
         source=str(src),
         destination=str(dst),
-        extension=options.extension,
+        encode=options,
         segment_frames=segment_frames,
         warmup_frames=32,
     )
@@ -107,20 +107,20 @@ def test_segmented_h264_keeps_frame_count_rate_and_audio(tmp_path, tiny_checkpoi
 def test_segments_on_two_ray_actors_match_the_sequential_runner(
     s3, tmp_path, tiny_checkpoint, ray_session
 ):
-    from pipeline.ray_runner import RayRunner
+    from pipeline.runtime.ray_runner import RayRunner
 
     fs, bucket, options = s3
     local = write_video(tmp_path / "long.mkv", moving_frames_thwc_u8(40, 32, 48, seed=9))
     fs.put_file(str(local), f"{bucket}/in/long.mkv")
     lossless = EncodeOptions(lossless=True)
-    stage = {"checkpoint": str(tiny_checkpoint), "device": "cpu", "options": lossless}
+    stage = StageConfig(tiny_checkpoint, device="cpu", encode=lossless)
 
     def run(runner, dst):
         job = ArchiveJob(
             source=f"s3://{bucket}/in",
             destination=f"s3://{bucket}/{dst}",
             storage_options=options,
-            extension=".mkv",
+            encode=lossless,
             segment_frames=16,
             warmup_frames=8,
         )
@@ -129,7 +129,7 @@ def test_segments_on_two_ray_actors_match_the_sequential_runner(
         finally:
             runner.close()
 
-    run(SequentialRunner(lambda: DerainStage(**stage)), "seq")
+    run(SequentialRunner(stage), "seq")
     summary = run(RayRunner(stage, workers=2), "ray")
     assert (summary.ok, summary.frames) == (1, 40)
     outputs = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from j4r.checkpoint import load_checkpoint
-from pipeline.segments import Segment, plan_segments, seam_error
+from pipeline.stage.segments import Segment, plan_segments, seam_error
 
 
 def test_segments_cover_every_frame_once_with_warmup():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.storage import (
+from pipeline.io.storage import (
     StorageError,
     list_videos,
     local_copy,

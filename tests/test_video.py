@@ -7,8 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline.video import EncodeOptions, VideoError, VideoWriter, probe, read_chunks
-from tests.conftest import moving_frames_thwc_u8, write_video
+from pipeline.io.video import EncodeOptions, VideoError, VideoWriter, probe, read_chunks
+from tests.helpers import moving_frames_thwc_u8, write_video
 
 
 def test_ffv1_round_trip_is_bit_exact_in_bounded_chunks(tmp_path):
@@ -97,19 +97,22 @@ def audio_packets(path) -> int:
 
 @pytest.mark.parametrize("lossless", [False, True])
 def test_audio_is_carried_over(tmp_path, tiny_checkpoint, lossless):
-    from pipeline.derain import DerainStage
+    from pipeline.stage.config import StageConfig
+    from pipeline.stage.derain import DerainStage
 
     src = write_video(
         tmp_path / "a.mp4", moving_frames_thwc_u8(10, 16, 16), codec="libx264", audio_seconds=0.4
     )
-    stage = DerainStage(tiny_checkpoint, device="cpu", options=EncodeOptions(lossless=lossless))
+    stage = DerainStage(
+        StageConfig(tiny_checkpoint, device="cpu", encode=EncodeOptions(lossless=lossless))
+    )
     result = stage.process(src, tmp_path / ("o.mkv" if lossless else "o.mp4"))
     assert result.frames == 10
     assert audio_packets(result.output) == audio_packets(src) > 10
 
 
 def test_errors_in_the_reader_thread_reach_the_caller():
-    from pipeline.overlap import prefetch
+    from pipeline.io.overlap import prefetch
 
     def items():
         yield 1
@@ -139,7 +142,7 @@ def write_h264_short_gops(path, frames_thwc_u8, fps):
 
 @pytest.mark.parametrize("codec", ["h264", "ffv1"])
 def test_pyav_reader_seeks_to_a_start_frame_exactly(tmp_path, codec, monkeypatch):
-    import pipeline.video as video
+    import pipeline.io.video as video
 
     frames = moving_frames_thwc_u8(60, 32, 48, seed=4)
     rate = Fraction(30000, 1001)

@@ -1,12 +1,14 @@
 """Build-time smoke check of the worker image (also runs in tests/test_infra.py on the dev venv).
 
-Imports what a Ray node and a Prefect worker need, encodes a tiny clip with PyAV (H.264 and
+Imports what a Ray node and a Prefect worker need (the libraries, and the project's entry
+modules: the ``derain`` CLI, the Ray runtime, both flows), encodes a tiny clip with PyAV (H.264 and
 FFV1), decodes it with decord and with PyAV, loads the shipped checkpoint and de-rains a few
 frames on the CPU. Exits non-zero with a message on the first failure.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 from fractions import Fraction
@@ -34,6 +36,14 @@ def main() -> int:
     import torch
 
     from j4r.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+    for module in (
+        "pipeline.cli.main",
+        "pipeline.runtime.ray_runner",
+        "flows.archive",
+        "flows.train",
+    ):
+        importlib.import_module(module)  # every room of pipeline/ is installed
 
     print(
         f"torch {torch.__version__} (cuda build {torch.version.cuda}), ray {ray.__version__}, "

@@ -1,0 +1,24 @@
+"""``derain eval``: the comparison table as JSON and Markdown."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli.exit_codes import EXIT_OK
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from j4r.sources import MissingContentError
+    from pipeline.errors import usage_errors
+    from pipeline.registry.checkpoints import default_checkpoint
+    from pipeline.tools.evaluation import evaluate_checkpoint, write_evaluation
+
+    checkpoint = args.checkpoint or default_checkpoint()
+    with usage_errors(MissingContentError):
+        record, table = evaluate_checkpoint(
+            checkpoint, args.single_checkpoint, frames=args.frames, crop=args.crop
+        )
+    write_evaluation(record, table, args.out)
+    print(table)
+    print(f"derain eval: wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
+    return EXIT_OK

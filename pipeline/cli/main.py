@@ -1,0 +1,326 @@
+"""The ``derain`` command: the parser, and one module per sub-command beside this one.
+
+Heavy imports (torch, av, ray) happen inside the sub-commands, which are thin callers of the
+library. Exit codes (:mod:`pipeline.cli.exit_codes`): 0 success; 1 some inputs failed (the
+others were processed) or the run was stopped; 2 bad usage or a missing input (a
+:class:`~pipeline.errors.UsageError`, caught here); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from pipeline.errors import DerainError, UsageError
+from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
+
+logger = logging.getLogger("derain")
+
+
+def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
+    """``--endpoint-url`` and ``--storage-option``, read by ``common.storage_options``."""
+    p.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph); AWS_ENDPOINT_URL works too"
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra fsspec/s3fs option, e.g. anon=true (credentials: use the AWS chain)",
+    )
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="de-rain a video file or a folder of videos",
+        description="De-rain SRC (a video file or a folder searched recursively for .mp4 .mkv "
+        ".avi .mov .mpg ...) into the folder DST. Each output keeps its relative path and name "
+        "stem, frame count, size and frame rate. Outputs appear only when complete.",
+    )
+    p.add_argument("src", help="a video file or folder: local path, file:// or s3://bucket/prefix")
+    p.add_argument("dst", help="output folder: local path, file:// or s3://bucket/prefix")
+    p.add_argument(
+        "--lossless", action="store_true", help="write FFV1 in .mkv (default: H.264 .mp4)"
+    )
+    p.add_argument(
+        "--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)"
+    )
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded at a time")
+    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--force", action="store_true", help="redo videos a manifest marks done")
+    p.add_argument("--max-videos", type=int, help="process at most this many videos")
+    _add_storage_arguments(p)
+    p.add_argument(
+        "--runner",
+        choices=["ray", "sequential"],
+        default="ray",
+        help="ray (default: a local Ray sized to the machine, or --address) or sequential",
+    )
+    p.add_argument("--address", help="Ray cluster to join: auto or ray://HOST:PORT")
+    p.add_argument(
+        "--clips-per-worker",
+        type=int,
+        default=1,
+        help="videos each actor de-rains at once, stepped together as one batch (GPU: 4-16)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="Ray actors (one model each)")
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) per actor"
+    )
+    p.add_argument(
+        "--segment-frames",
+        type=int,
+        default=DEFAULT_SEGMENT_FRAMES,
+        help="split longer videos into segments of this many frames that run on different "
+        "workers and are joined losslessly afterwards (0: never split)",
+    )
+    p.add_argument(
+        "--warmup-frames",
+        type=int,
+        default=DEFAULT_WARMUP_FRAMES,
+        help="frames before each segment run through the net (output discarded) to rebuild its "
+        "memory; 32 keeps a seam within 1 grey level of a continuous run (README)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_lazy("pipeline.cli.run:run_command"))
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train J4R-Net on synthetic rain (resumable)",
+        description="Two-stage training: stage 1 pre-trains the single-frame path on 32x32 "
+        "patches, stage 2 fine-tunes the recurrent net on 32x32x9 clips. Re-running with the "
+        "same --run-dir resumes from its last state. Writes RUN_DIR/stage1 and RUN_DIR/final.",
+    )
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="state, log, outputs")
+    p.add_argument("--config", type=Path, help="YAML with `net:` and `train:` mappings")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. batch_size=8, clip.size=48 or net.channels=32",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (bf16 autocast on cuda)")
+    p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
+    p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_lazy("pipeline.cli.train:train_command"))
+
+
+def _add_train_ray(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-ray",
+        help="train J4R-Net on a Ray cluster with Ray Train (DDP), checkpoints in storage",
+        description="The same two-stage training as `derain train`, as DDP across --workers Ray "
+        "Train workers; each worker synthesises its own batches. Checkpoints go to "
+        "STORAGE_PATH/NAME; running again with the same name resumes, and a lost worker "
+        "restarts from the last checkpoint. Also the entry point of a training Ray Job.",
+    )
+    p.add_argument("--storage-path", required=True, help="checkpoint root (s3://... or a folder)")
+    p.add_argument("--name", required=True, help="run name: same name, same run (resumes)")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--config", type=Path, help="YAML with `net:` and `train:` mappings")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="CPUs (torch threads)")
+    p.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--content-url", help="clean training photos (default: the installed ones)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
+    p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
+    p.add_argument("--out", type=Path, help="where the final checkpoint is copied")
+    p.add_argument("--publish", metavar="REGISTRY", help="publish the result there as latest")
+    _add_storage_arguments(p)
+    p.set_defaults(handler=_lazy("pipeline.cli.train:train_ray_command"))
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="PSNR/SSIM on the Light and Heavy test sets",
+        description="Builds deterministic Light and Heavy rainy test clips from held-out content "
+        "and scores the rainy input, a temporal median, the single-frame model and J4R-Net.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="J4R-Net checkpoint (default: shipped)")
+    p.add_argument(
+        "--single-checkpoint",
+        type=Path,
+        help="stage-1 checkpoint (default: CHECKPOINT/stage1 when present)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="writes eval.json, eval.md")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--crop", type=int, default=192)
+    p.set_defaults(handler=_lazy("pipeline.cli.eval:eval_command"))
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="synthesise a few rainy clips and de-rain them (the quick start)",
+        description="Writes OUT/rainy/*.mp4 (synthetic rain over held-out clean footage), runs "
+        "the archive job on them (local Ray by default) into OUT/derained/ with manifests, and "
+        "prints PSNR before and after. Side-by-side PNGs land in OUT/compare/.",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument(
+        "--runner",
+        choices=["ray", "sequential"],
+        default="ray",
+        help="ray (a local instance, default) or sequential",
+    )
+    p.add_argument("--address", help="Ray cluster to join instead of a local instance")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_lazy("pipeline.cli.demo:demo_command"))
+
+
+def _add_manifest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="summarise the runs recorded under a destination",
+        description="Lists the committed runs in DST/_manifests (or --manifest) with their "
+        "counts, and any run that never committed (interrupted: re-running resumes it).",
+    )
+    p.add_argument("dst", help="the destination given to `derain run`")
+    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    _add_storage_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_lazy("pipeline.cli.manifest:manifest_command"))
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write (and print) the report of a committed run",
+        description="Builds the report of the latest committed run (or --run) from the "
+        "manifests: a videos table, mean alpha over time per video, before/after thumbnails. "
+        "Writes it beside the manifests as reports/run=RUN/report.md with its PNGs.",
+    )
+    p.add_argument("dst", help="the destination given to `derain run`")
+    p.add_argument("--run", help="run id (default: the latest committed run)")
+    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    _add_storage_arguments(p)
+    p.add_argument("--detail", type=int, default=20, help="videos shown with plot and thumbnail")
+    p.add_argument("--print", action="store_true", help="also print the Markdown")
+    p.set_defaults(handler=_lazy("pipeline.cli.manifest:report_command"))
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the model versions published to a registry",
+        description="Lists REGISTRY/j4r/VERSION folders (published by the train-j4r flow or "
+        "pipeline.registry.models.publish_model) and marks the one REGISTRY/j4r/latest.json "
+        "points to.",
+    )
+    p.add_argument("registry", help="registry root: local path, file:// or s3://bucket/prefix")
+    _add_storage_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_lazy("pipeline.cli.models:models_command"))
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="throughput and memory: model-only vs end-to-end, FLOP efficiency, peak RSS",
+        description="Prints a table and writes JSON: model-only and end-to-end frames/s on the "
+        "same frames and device, GFLOPs per frame against a matmul ceiling measured in the same "
+        "run, and peak RSS for a short and a 10x longer video.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=48,
+        help="frames of the short video (past x264's 40-frame lookahead, so both are steady)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
+    p.set_defaults(handler=_lazy("pipeline.cli.bench:bench_command"))
+
+
+def _add_seams(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "seams",
+        help="how many warm-up frames make a segment match a continuous run",
+        description="Runs held-out rainy footage continuously and as a segment starting at a "
+        "seam primed with K warm-up frames, for several K, and prints the difference.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--crop", type=int, default=192)
+    p.add_argument("--out", type=Path, default=Path("runs/seams.json"))
+    p.set_defaults(handler=_lazy("pipeline.cli.seams:seams_command"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="derain",
+        description="Remove rain from videos with J4R-Net (Liu et al., CVPR 2018).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_run,
+        _add_manifest,
+        _add_report,
+        _add_models,
+        _add_train,
+        _add_train_ray,
+        _add_eval,
+        _add_demo,
+        _add_bench,
+        _add_seams,
+    ):
+        add(sub)
+    return parser
+
+
+def _lazy(target: str):
+    """A handler that imports its module only when the sub-command runs (keeps --help light)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(args)
+
+    return handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"derain {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DerainError as exc:  # the run itself could not go on; the message says why
+        print(f"derain {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``derain manifest DST`` (the runs under a destination) and ``derain report DST``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.cli.exit_codes import EXIT_OK
+from pipeline.errors import usage_errors
+
+
+def open_store(args: argparse.Namespace):
+    """The manifest store ``args`` name (DST/_manifests unless --manifest); (url, store)."""
+    from pipeline.cli.common import storage_options
+    from pipeline.io.storage import open_location
+    from pipeline.job.manifest import ManifestStore, default_manifest_url
+
+    url = args.manifest or default_manifest_url(args.dst)
+    return url, ManifestStore(open_location(url, storage_options(args)))
+
+
+def manifest_command(args: argparse.Namespace) -> int:
+    with usage_errors(ValueError, OSError):
+        url, store = open_store(args)
+        commits = store.commits()
+        pending = store.uncommitted_runs()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "committed": [{k: v for k, v in c.items() if k != "files"} for c in commits],
+                    "uncommitted": pending,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not commits and not pending:
+        print(f"derain manifest: no runs under {url}")
+        return EXIT_OK
+    print(
+        f"{'run':<28} {'model':<24} {'ok':>5} {'failed':>6} {'skipped':>7} {'frames':>8} "
+        f"{'seconds':>8}"
+    )
+    for c in commits:
+        model = f"{c.get('model_name', '?')} {c.get('model_version', '?')}"
+        print(
+            f"{c['run_id']:<28} {model:<24} {c.get('ok', 0):>5} {c.get('failed', 0):>6} "
+            f"{c.get('skipped', 0):>7} {c.get('frames', 0):>8} {c.get('seconds', 0):>8.1f}"
+        )
+    for run in pending:
+        print(
+            f"{run['run_id']:<28} not committed (running, or interrupted: `derain run` with "
+            "the same SRC and DST resumes it)"
+        )
+    totals = {k: sum(c.get(k, 0) for c in commits) for k in ("ok", "failed", "frames")}
+    print(
+        f"{len(commits)} committed run(s): {totals['ok']} videos ok, {totals['failed']} failed, "
+        f"{totals['frames']} frames; manifests at {url}"
+    )
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from pipeline.job.report import build_report, render_markdown, write_report
+
+    with usage_errors(LookupError, ValueError, OSError):
+        _, store = open_store(args)
+        report = build_report(store, args.run, detail=args.detail)
+        url = write_report(store, report)
+    if args.print:
+        print(render_markdown(report, image_link=lambda name: name))
+    c = report.commit
+    print(
+        f"run {report.run_id}: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, "
+        f"{c.get('skipped', 0)} skipped; report with {len(report.images)} image(s): {url}"
+    )
+    return EXIT_OK

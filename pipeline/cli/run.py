@@ -1,0 +1,78 @@
+"""``derain run``: local paths or object storage, sequential or on Ray, with manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipeline.cli.common import runner_settings, stage_config, storage_options
+    from pipeline.errors import RunStopped, UsageError, usage_errors
+    from pipeline.io.storage import list_videos, open_location
+    from pipeline.job.archive import ArchiveJob, run_archive
+    from pipeline.registry.checkpoints import read_model_info
+    from pipeline.runtime.runners import build_runner
+
+    with usage_errors(FileNotFoundError):
+        options = storage_options(args)
+        if not list_videos(open_location(args.src, options)):
+            raise UsageError(
+                f"no videos under {args.src} (looked for .mp4 .mkv .avi .mov .mpg ...)"
+            )
+        info = read_model_info(args.checkpoint)
+        stage = stage_config(args)
+        settings = runner_settings(args)
+    job = ArchiveJob(
+        source=str(args.src),
+        destination=str(args.dst),
+        manifest=args.manifest,
+        storage_options=options,
+        encode=stage.encode,
+        force=args.force,
+        max_videos=args.max_videos,
+        segment_frames=args.segment_frames,
+        warmup_frames=args.warmup_frames,
+    )
+    runner = build_runner(stage, settings)
+    bar = tqdm(total=0, unit="video", desc="derain", disable=args.no_progress)
+
+    def planned(count: int) -> None:
+        bar.total = count
+        bar.refresh()
+
+    def finished(task, row) -> None:
+        if row.status != "ok":
+            bar.write(f"FAILED {task.source.url}: {row.error_type}: {row.error_message}")
+        bar.update(1)
+
+    stopped = None
+    try:
+        summary = run_archive(
+            job,
+            runner,
+            model_name=info.name,
+            model_version=info.version,
+            on_planned=planned,
+            on_result=finished,
+        )
+    except RunStopped as exc:
+        stopped, summary = exc, exc.summary
+    finally:
+        bar.close()
+        runner.close()
+    print(
+        f"derain run: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} "
+        f"frames/s); {info.name} {info.version}; {summary.runner}; run {summary.run_id}"
+    )
+    print(f"  manifests: {summary.manifest_url}")
+    for url, error in summary.failures:
+        print(f"  failed: {url}: {error}")
+    if stopped is not None:
+        print(f"derain run: {stopped}", file=sys.stderr)
+    return EXIT_FAILED if summary.failed or stopped else EXIT_OK

@@ -1,0 +1,411 @@
+"""Video in (decord for short videos, PyAV for long ones and as fallback) and out (PyAV).
+
+Frames travel as ``frames_thwc_u8``: numpy ``(t, h, w, 3)`` uint8 RGB, in bounded chunks.
+Nothing here holds a whole video in memory (which is why decord, whose reader buffers every
+frame ahead of the read position, only reads videos that fit ``DECORD_BUDGET_BYTES``). The
+writer encodes to a temporary file beside the destination that is renamed into place only when
+complete, so a half-written video is never at its final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from pipeline.errors import VideoError
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".mpg", ".mpeg", ".m4v", ".webm")
+MP4_AUDIO_CODECS = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # frames the container claims; the reader stops early if fewer decode
+    fps: Fraction
+    width: int
+    height: int
+    codec: str
+
+
+def probe(path: str | Path | BinaryIO) -> VideoInfo:
+    """Container metadata through PyAV (exact rational frame rate).
+
+    ``path`` may be an open binary file (e.g. an fsspec S3 file): only the bytes the demuxer
+    asks for are read, so probing a remote object does not download it.
+    """
+    import av
+
+    try:
+        with av.open(path if hasattr(path, "read") else str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream (is it an audio or image file?)")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            # MP4 stores a frame count; Matroska and others only a duration.
+            frames = stream.frames
+            if not frames and stream.duration and stream.time_base:
+                frames = round(float(stream.duration * stream.time_base * rate))
+            if not frames and container.duration:
+                frames = round(container.duration / 1_000_000 * float(rate))
+            return VideoInfo(
+                frames=int(frames or 0),
+                fps=Fraction(rate),
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                codec=stream.codec_context.name,
+            )
+    except VideoError:
+        raise
+    except Exception as exc:  # PyAV raises many FFmpeg error types
+        raise VideoError(f"{path}: not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
+def _decord_chunks(
+    path: str, chunk_frames: int, start: int, stop: int | None
+) -> Iterator[np.ndarray]:
+    import decord
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    total = len(reader) if stop is None else min(len(reader), stop)
+    for first in range(start, total, chunk_frames):
+        indices = list(range(first, min(total, first + chunk_frames)))
+        try:
+            yield reader.get_batch(indices).asnumpy()
+        except decord.DECORDError:
+            # The container's count can exceed what decodes: read on frame by frame, stop
+            # at the first frame that fails.
+            for index in indices:
+                try:
+                    yield reader.get_batch([index]).asnumpy()
+                except decord.DECORDError:
+                    if index == start:
+                        raise  # nothing decodes here: let read_chunks try PyAV
+                    logger.warning("%s: frames %d..%d do not decode; stopping", path, index, total)
+                    return
+
+
+def _seek_before(container, stream, start: int) -> bool:
+    """Seek to the keyframe at or before frame ``start``; False if the stream cannot say where."""
+    rate = stream.average_rate or stream.guessed_rate
+    if start <= 0 or not rate or stream.time_base is None:
+        return False
+    target = (stream.start_time or 0) + int(start / (rate * stream.time_base))
+    try:
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+    except Exception as exc:  # FFmpeg raises many error types; decode from the start instead
+        logger.info("seek to frame %d failed (%s); decoding from the start", start, exc)
+        return False
+    return True
+
+
+def _pyav_chunks(
+    path: str, chunk_frames: int, start: int, stop: int | None
+) -> Iterator[np.ndarray]:
+    import av
+
+    buffer: list[np.ndarray] = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame/slice threads: same pictures, decoded faster
+        seeked = _seek_before(container, stream, start)
+        rate, first_pts = stream.average_rate or stream.guessed_rate, stream.start_time or 0
+        index = -1
+        for frame in container.decode(stream):
+            if seeked and index < 0 and frame.pts is not None:
+                # After a seek, the first frame's timestamp says where we landed.
+                index = round(float((frame.pts - first_pts) * stream.time_base * rate))
+            else:
+                index += 1
+            if stop is not None and index >= stop:
+                break
+            if index < start:
+                continue  # decoded and dropped: a seek lands on the keyframe before ``start``
+            buffer.append(frame.to_ndarray(format="rgb24"))
+            if len(buffer) == chunk_frames:
+                yield np.stack(buffer)
+                buffer = []
+    if buffer:
+        yield np.stack(buffer)
+
+
+# decord's reader decodes ahead to the end of the file in a thread of its own and keeps every
+# frame (measured: a 1440-frame 320x240 video reached +353 MB two seconds after the first
+# get_batch, whatever the chunk size). It is the reader when the rest of the video fits this
+# budget; longer videos stream through PyAV, which decodes a frame when it is asked for one.
+DECORD_BUDGET_BYTES = 64 * 2**20
+
+
+def _readers_for(path: str, start: int, info: VideoInfo | None = None):
+    if info is None:
+        try:
+            info = probe(path)
+        except VideoError:
+            return (("decord", _decord_chunks), ("PyAV", _pyav_chunks))  # let both say why
+    decoded_bytes = max(0, info.frames - start) * info.width * info.height * 3
+    if decoded_bytes <= DECORD_BUDGET_BYTES:
+        return (("decord", _decord_chunks), ("PyAV", _pyav_chunks))
+    return (("PyAV", _pyav_chunks), ("decord", _decord_chunks))
+
+
+def read_chunks(
+    path: str | Path,
+    chunk_frames: int = 16,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    info: VideoInfo | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield ``frames_thwc_u8`` chunks of frames ``[start, stop)``, at most ``chunk_frames`` each.
+
+    decord is the reader while the decoded rest of the video fits ``DECORD_BUDGET_BYTES``
+    (it buffers all of it), PyAV beyond that; either falls back to the other when it cannot open
+    the file or decode its first frame. A file neither can decode raises :class:`VideoError`
+    with both reasons. ``info``: the file's :func:`probe`, if the caller already has it.
+    """
+    path = str(path)
+    errors: list[str] = []
+    for name, reader in _readers_for(path, start, info):
+        chunks = reader(path, chunk_frames, start, stop)
+        try:
+            first = next(chunks, None)
+        except Exception as exc:  # decord and FFmpeg raise many error types
+            errors.append(f"{name}: {exc}")
+            continue
+        if first is None and start > 0:
+            return  # nothing at or after ``start`` (segment 0 reports an unreadable file)
+        if first is None:
+            errors.append(f"{name}: no frame decodes")
+            continue
+        if errors:
+            logger.info("%s: decoding with %s (%s)", path, name, "; ".join(errors))
+        yield first
+        yield from chunks
+        return
+    raise VideoError(
+        f"{path}: cannot decode ({'; '.join(errors)}); check that the file is a complete video"
+    )
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    lossless: bool = False  # FFV1 in .mkv instead of H.264 in .mp4
+    crf: int = 18
+
+    @property
+    def extension(self) -> str:
+        return ".mkv" if self.lossless else ".mp4"
+
+    @property
+    def container_format(self) -> str:
+        return "matroska" if self.lossless else "mp4"
+
+
+def temp_beside(final_path: Path) -> Path:
+    """An empty hidden temp file in ``final_path``'s folder (renamed into place when complete)."""
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{final_path.stem}.", suffix=".part", dir=final_path.parent
+    )
+    os.close(handle)
+    return Path(tmp)
+
+
+def open_audio_copy(out_container, source: str | Path | None, options: EncodeOptions):
+    """Add ``source``'s first audio stream to ``out_container`` (copied, not re-encoded).
+
+    Returns the handle :func:`copy_audio` takes, or None when there is no audio to carry over.
+    """
+    import av
+
+    if source is None:
+        return None
+    container = av.open(str(source))
+    if not container.streams.audio:
+        container.close()
+        return None
+    in_stream = container.streams.audio[0]
+    codec = in_stream.codec_context.name
+    if not options.lossless and codec not in MP4_AUDIO_CODECS:
+        logger.warning(
+            "%s: %s audio cannot go into .mp4; dropped (use --lossless for .mkv)", source, codec
+        )
+        container.close()
+        return None
+    out_stream = out_container.add_stream_from_template(in_stream)
+    return container, in_stream, out_stream
+
+
+def copy_audio(audio, out_container) -> None:
+    """Mux every packet of the stream :func:`open_audio_copy` opened, then close its input."""
+    container, in_stream, out_stream = audio
+    try:
+        for packet in container.demux(in_stream):
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = out_stream
+            out_container.mux(packet)
+    finally:
+        container.close()
+
+
+class VideoWriter:
+    """Encode frames to a temp file; :meth:`commit` renames it to ``final_path``.
+
+    Use as a context manager: leaving without :meth:`commit` (an error) deletes the temp file.
+    """
+
+    def __init__(
+        self,
+        final_path: str | Path,
+        *,
+        fps: Fraction,
+        width: int,
+        height: int,
+        options: EncodeOptions,
+        audio_source: str | Path | None = None,
+    ):
+        import av
+
+        self.final_path = Path(final_path)
+        self.tmp_path = temp_beside(self.final_path)
+        self._container = av.open(str(self.tmp_path), mode="w", format=options.container_format)
+        rate = Fraction(fps).limit_denominator(1_000_000)
+        if options.lossless:
+            stream = self._container.add_stream("ffv1", rate=rate)
+            stream.pix_fmt = "bgr0"  # RGB kept bit-exact
+        else:
+            stream = self._container.add_stream("libx264", rate=rate)
+            # 4:2:0 needs even sizes; odd-sized videos keep full chroma instead.
+            stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+            stream.options = {"crf": str(options.crf), "preset": "medium"}
+        stream.width, stream.height = width, height
+        stream.time_base = 1 / rate
+        self._stream = stream
+        self.frames_written = 0
+        self._audio = None
+        try:
+            self._audio = open_audio_copy(self._container, audio_source, options)
+        except Exception:
+            self.abort()
+            raise
+
+    def write(self, frames_thwc_u8: np.ndarray) -> None:
+        import av
+
+        for rgb in frames_thwc_u8:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = self.frames_written
+            self._container.mux(self._stream.encode(frame))
+            self.frames_written += 1
+
+    def commit(self) -> Path:
+        self._container.mux(self._stream.encode(None))
+        if self._audio:
+            audio, self._audio = self._audio, None
+            copy_audio(audio, self._container)
+        self._container.close()
+        self._container = None
+        os.replace(self.tmp_path, self.final_path)
+        return self.final_path
+
+    def abort(self) -> None:
+        if self._audio:
+            self._audio[0].close()
+            self._audio = None
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._container is not None:
+            self.abort()
+
+
+def _mux_video_packets(
+    container, in_stream, out_stream, out_container, pts_offset: int, last_dts: int | None
+) -> tuple[int, int | None]:
+    """Copy one part's video packets after the previous part's; returns (end pts, last dts).
+
+    Presentation times are shifted to start where the previous part ended. Decode times are
+    shifted to follow the previous part's last decode time with no gap (a gap would read as a
+    lower frame rate), but never past ``pts_offset``, so no packet decodes after it shows.
+    """
+    ticks_per_frame = max(1, round(1 / (in_stream.average_rate * in_stream.time_base)))
+    end, dts_offset = pts_offset, None
+    for packet in container.demux(in_stream):
+        if packet.dts is None:  # end-of-stream marker
+            continue
+        if dts_offset is None:
+            follow = pts_offset if last_dts is None else last_dts + ticks_per_frame - packet.dts
+            dts_offset = min(pts_offset, follow)
+        packet.pts += pts_offset
+        packet.dts += dts_offset
+        end = max(end, packet.pts + (packet.duration or ticks_per_frame))
+        last_dts = packet.dts
+        packet.stream = out_stream
+        out_container.mux(packet)
+    return end, last_dts
+
+
+def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions) -> Path:
+    """Join video parts encoded with identical settings into one file, without re-encoding.
+
+    The first part's audio stream (if any) is carried over whole: a segmented run writes the
+    source's audio into segment 0 only. Written to a temp file and renamed into place.
+    """
+    import av
+
+    if not parts:
+        raise VideoError("no parts to join")
+    final_path = Path(final_path)
+    tmp = temp_beside(final_path)
+    try:
+        with av.open(str(tmp), mode="w", format=options.container_format) as out:
+            with av.open(str(parts[0])) as first:
+                template = first.streams.video[0]
+                time_base = template.time_base
+                out_stream = out.add_stream_from_template(template)
+            audio = open_audio_copy(out, parts[0], options)
+            offset, last_dts = 0, None
+            for part in parts:
+                with av.open(str(part)) as container:
+                    stream = container.streams.video[0]
+                    if stream.time_base != time_base:
+                        raise VideoError(f"{part}: time base differs from the first part's")
+                    offset, last_dts = _mux_video_packets(
+                        container, stream, out_stream, out, offset, last_dts
+                    )
+            if audio:
+                copy_audio(audio, out)
+        os.replace(tmp, final_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final_path
+
+
+def write_frames(
+    path: str | Path, frames_thwc_u8: np.ndarray, *, fps: Fraction | int = 25, crf: int = 18
+) -> Path:
+    """Encode in-memory frames to an H.264 file (demo and benchmark inputs)."""
+    _, h, w, _ = frames_thwc_u8.shape
+    options = EncodeOptions(crf=crf)
+    with VideoWriter(path, fps=Fraction(fps), width=w, height=h, options=options) as writer:
+        for start in range(0, len(frames_thwc_u8), 64):
+            writer.write(frames_thwc_u8[start : start + 64])
+        return writer.commit()

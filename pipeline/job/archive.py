@@ -1,0 +1,295 @@
+"""The archive job: list → plan (skip done, resume interrupted) → run → manifests → commit.
+
+Runner-agnostic; ``derain run`` calls :func:`run_archive`, the Prefect flow its steps
+(:func:`discover`, :func:`plan_run`, :func:`execute_run`, :func:`commit_run`).
+
+A video that fails with the project's own error or an I/O error is recorded as ``failed`` and
+the run goes on. When ``max_unexpected_failures`` videos in a row fail with the same unexpected
+exception type (a bug, out of memory), the :class:`CircuitBreaker` stops the run: what finished
+is committed, and :func:`run_archive` raises :class:`~pipeline.errors.RunStopped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import RunStopped
+from pipeline.io.storage import SourceObject, list_videos, open_location
+from pipeline.io.video import EncodeOptions
+from pipeline.job.assemble import SegmentJoiner, split_long_videos
+from pipeline.job.manifest import ManifestStore, VideoRow, default_manifest_url, new_run_id
+from pipeline.job.plan import VideoTask, done_video_ids, plan_tasks
+from pipeline.job.worker import RunContext, TaskResult
+from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
+
+if TYPE_CHECKING:
+    from pipeline.runtime.runners import Runner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    source: str
+    destination: str
+    manifest: str | None = None  # default: DESTINATION/_manifests
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)  # also picks the extension
+    force: bool = False
+    max_videos: int | None = None
+    # Videos longer than this run as segments on several workers (0: never split).
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    warmup_frames: int = DEFAULT_WARMUP_FRAMES
+    # Videos in a row failing with the same unexpected exception type that stop the run.
+    max_unexpected_failures: int = 3
+
+    @property
+    def manifest_url(self) -> str:
+        return self.manifest or default_manifest_url(self.destination)
+
+    @property
+    def extension(self) -> str:
+        return self.encode.extension
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    runner: str
+    manifest_url: str
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    resumed_from_previous: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # manifest shards this run commits
+    stopped: str | None = None  # why the circuit breaker stopped the run (None: it did not)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def _resume(store: ManifestStore, job: ArchiveJob, model_version: str):
+    """An interrupted run of the same job: its id, the shards to keep, the ids it finished."""
+    for run in reversed(store.uncommitted_runs()):
+        same = (run.get("source"), run.get("destination"), run.get("model_version")) == (
+            job.source,
+            job.destination,
+            model_version,
+        )
+        if not same:
+            continue
+        files = store.run_files(run["run_id"])
+        rows = store.read("videos", files).select(["video_id", "status"]).to_pylist()
+        finished = {r["video_id"] for r in rows if r["status"] == "ok"}
+        # Keep the shards of finished videos; failed ones are tried again.
+        keep = [f for f in files if posixpath.basename(f).split("-")[0] in finished]
+        return run["run_id"], keep, finished
+    return None, [], set()
+
+
+def skipped_row(task: VideoTask, run_id: str, model_version: str) -> VideoRow:
+    now = datetime.now(UTC)
+    return VideoRow(
+        run_id=run_id,
+        video_id=task.video_id,
+        source_url=task.source.url,
+        source_key=task.source.key,
+        etag=task.source.etag,
+        status="skipped",
+        model_version=model_version,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, decided before any video is touched (the run is begun, not done)."""
+
+    job: ArchiveJob
+    run_id: str
+    model_name: str
+    model_version: str
+    todo: list[VideoTask]
+    skipped: list[VideoTask]  # done by an earlier committed run, not redone
+    resumed_files: list[str]  # shards an interrupted attempt of this run wrote (kept)
+    finished_before: set[str]  # video ids an interrupted attempt of this run finished
+    started: float = field(default_factory=time.monotonic)
+
+
+def discover(job: ArchiveJob) -> list[SourceObject]:
+    """Every video under the job's source (recursive, with ETag or size+mtime)."""
+    return list_videos(open_location(job.source, job.storage_options))
+
+
+def manifest_store(job: ArchiveJob) -> ManifestStore:
+    return ManifestStore(open_location(job.manifest_url, job.storage_options))
+
+
+def plan_run(
+    job: ArchiveJob, listing: list[SourceObject], *, model_name: str, model_version: str
+) -> RunPlan:
+    """Skip what committed runs did, resume an interrupted run of the same job, begin the run."""
+    store = manifest_store(job)
+    done = done_video_ids(store.read("videos"), model_version)
+    run_id, files, finished_before = _resume(store, job, model_version)
+    if run_id is None:
+        run_id = new_run_id()
+        store.begin_run(
+            run_id,
+            {
+                "source": job.source,
+                "destination": job.destination,
+                "model_name": model_name,
+                "model_version": model_version,
+                "started_at": datetime.now(UTC).isoformat(),
+                "videos_listed": len(listing),
+            },
+        )
+    else:
+        logger.info("resuming run %s: %d videos already done", run_id, len(finished_before))
+    todo, skipped = plan_tasks(
+        listing,
+        extension=job.encode.extension,
+        done_ids=done | finished_before,
+        force=job.force,
+        max_videos=job.max_videos,
+    )
+    return RunPlan(job, run_id, model_name, model_version, todo, skipped, files, finished_before)
+
+
+class CircuitBreaker:
+    """Trips when ``limit`` finished videos in a row failed with the same unexpected
+    exception type; a success or an expected failure (bad video, storage) resets it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.error_type: str | None = None
+        self.count = 0
+
+    def record(self, result: TaskResult) -> str | None:
+        """The reason to stop the run now, or None to go on."""
+        if not result.unexpected:
+            self.error_type, self.count = None, 0
+            return None
+        if result.row.error_type == self.error_type:
+            self.count += 1
+        else:
+            self.error_type, self.count = result.row.error_type, 1
+        if self.limit <= 0 or self.count < self.limit:
+            return None
+        return (
+            f"stopped after {self.count} videos in a row failed with an unexpected "
+            f"{self.error_type} (last: {result.task.source.url}: {result.row.error_message}); "
+            "this is not a problem of the videos: fix the cause and run again to resume"
+        )
+
+
+def execute_run(
+    plan: RunPlan,
+    runner: Runner,
+    on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+) -> RunSummary:
+    """De-rain the planned videos on ``runner``; one manifest shard per finished video.
+
+    The shards are not visible to readers until :func:`commit_run` writes the commit record.
+    When the circuit breaker trips, the videos still running are abandoned and the summary
+    says why (``stopped``); what finished is in ``files``, ready to commit.
+    """
+    job, store = plan.job, manifest_store(plan.job)
+    options = job.storage_options
+    summary = RunSummary(
+        run_id=plan.run_id,
+        runner=runner.description,
+        manifest_url=job.manifest_url,
+        resumed_from_previous=len(plan.finished_before),
+        files=list(plan.resumed_files),
+    )
+    context = RunContext(plan.run_id, job.destination, options, options, job.manifest_url)
+    tasks = split_long_videos(
+        plan.todo, options, segment_frames=job.segment_frames, warmup_frames=job.warmup_frames
+    )
+    if len(tasks) > len(plan.todo):
+        logger.info("%d videos split into %d tasks", len(plan.todo), len(tasks))
+    joiner = SegmentJoiner(job.destination, options, job.encode)
+    breaker = CircuitBreaker(job.max_unexpected_failures)
+    results = runner.run(tasks, context)
+    for result in results:
+        whole = joiner.add(result)
+        if whole is None:
+            continue  # more segments of this video to come
+        task, row = whole.task, whole.row
+        summary.files += store.write_video(row, whole.frames)
+        if row.status == "ok":
+            summary.ok += 1
+            summary.frames += row.frames
+        else:
+            summary.failed += 1
+            summary.failures.append((task.source.url, f"{row.error_type}: {row.error_message}"))
+        if on_result:
+            on_result(task, row)
+        summary.stopped = breaker.record(whole)
+        if summary.stopped:
+            logger.error("run %s %s", plan.run_id, summary.stopped)
+            close = getattr(results, "close", None)
+            if close:
+                close()
+            break
+    newly_skipped = [t for t in plan.skipped if t.video_id not in plan.finished_before]
+    if newly_skipped:
+        rows = [skipped_row(t, plan.run_id, plan.model_version) for t in newly_skipped]
+        summary.files += store.write_videos(rows, shard="skipped")
+    summary.skipped = len(newly_skipped)
+    summary.ok += len(plan.finished_before)
+    summary.seconds = time.monotonic() - plan.started
+    return summary
+
+
+def commit_run(plan: RunPlan, summary: RunSummary) -> None:
+    """Write the run's commit record (last): from now on readers see ``summary.files``."""
+    record = {
+        "ok": summary.ok,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "frames": summary.frames,
+        "seconds": round(summary.seconds, 3),
+        "model_name": plan.model_name,
+        "model_version": plan.model_version,
+        "runner": summary.runner,
+    }
+    if summary.stopped:
+        record["stopped"] = summary.stopped
+    manifest_store(plan.job).commit_run(plan.run_id, summary.files, record)
+
+
+def run_archive(
+    job: ArchiveJob,
+    runner: Runner,
+    *,
+    model_name: str,
+    model_version: str,
+    on_planned: Callable[[int], None] | None = None,
+    on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+) -> RunSummary:
+    """The whole job: discover → plan → execute → commit (``derain run``; the flow's steps).
+
+    Raises :class:`~pipeline.errors.RunStopped` (after committing) when the breaker trips.
+    """
+    plan = plan_run(job, discover(job), model_name=model_name, model_version=model_version)
+    if on_planned:
+        on_planned(len(plan.todo))
+    summary = execute_run(plan, runner, on_result)
+    commit_run(plan, summary)
+    if summary.stopped:
+        raise RunStopped(f"run {summary.run_id} {summary.stopped}", summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Measuring and showing: checkpoint evaluation, the benchmark, the quick-start demo."""
