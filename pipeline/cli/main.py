@@ -97,8 +97,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train J4R-Net on synthetic rain (resumable)",
-        description="Two-stage training: stage 1 pre-trains the single-frame path on 32x32 "
-        "patches, stage 2 fine-tunes the recurrent net on 32x32x9 clips. Re-running with the "
+        description="Two-stage training: stage 1 pre-trains the single-frame path on single "
+        "frames, stage 2 fine-tunes the recurrent net on clips (96x96x7 by default: clip.size, "
+        "clip.frames). Re-running with the "
         "same --run-dir resumes from its last state. Writes RUN_DIR/stage1 and RUN_DIR/final.",
     )
     p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
@@ -112,9 +113,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a setting, e.g. batch_size=8, clip.size=48 or net.channels=32",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (bf16 autocast on cuda)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda; the autocast precision is --set precision=auto|fp32|bf16 (auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
     p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from this checkpoint's weights (fine-tune; same network size) "
+        "instead of a random initialisation",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_lazy("pipeline.cli.train:train_command"))

@@ -56,6 +56,7 @@ def train_command(args: argparse.Namespace) -> int:
         version=args.version,
         preset=args.preset,
         progress=not args.no_progress,
+        init_from=args.init_from,
     )
     print(
         f"derain train: {result.steps} steps in {result.seconds / 60:.1f} min; "
