@@ -82,7 +82,7 @@ class ClipSampler:
         instead of a megapixel); returns it and the path's start centre in its coordinates.
         """
         _, h, w = image.shape
-        cy, cx = int(round(centre[0])), int(round(centre[1]))
+        cy, cx = round(centre[0]), round(centre[1])
         top, left, bottom, right = cy - half, cx - half, cy + half, cx + half
         crop = image[:, max(0, top) : min(h, bottom), max(0, left) : min(w, right)]
         pads = (max(0, -left), max(0, right - w), max(0, -top), max(0, bottom - h))

@@ -190,7 +190,7 @@ def _lens_drops(
     Inside a drop the scene is a blurred, brightened copy of what lies behind it (α = 1 where
     the disc is mostly opaque). Returns the coverage ``(1, 1, h, w)`` and what the drop shows.
     """
-    t, _, h, w = clean_tchw.shape
+    _, _, h, w = clean_tchw.shape
     count = rng.poisson(config.lens_drops * h * w / 1e4)
     coverage = torch.zeros(1, 1, h, w)
     if count == 0:

@@ -70,7 +70,9 @@ def draw_structures(rng: np.random.Generator, canvas_hw: torch.Tensor) -> torch.
         getattr(draw_c, shape)(coords, fill=255, **kw)
 
     for _ in range(int(rng.integers(1, 5))):
-        kind = rng.choice(["pole", "wire", "fence", "windows", "text"], p=[0.25, 0.2, 0.15, 0.2, 0.2])
+        kind = rng.choice(
+            ["pole", "wire", "fence", "windows", "text"], p=[0.25, 0.2, 0.15, 0.2, 0.2]
+        )
         tone = _tone(rng, mean)
         if kind == "pole":  # near-vertical bars 1-20 px wide: the classic false streak
             width = rng.uniform(1, 20) * s
@@ -94,7 +96,7 @@ def draw_structures(rng: np.random.Generator, canvas_hw: torch.Tensor) -> torch.
                 x = k * pitch
                 paint("line", [(x, 0), (x + angle * h * s, h * s)], tone, width=width)
             if rng.random() < 0.6:
-                for k in range(int(rng.integers(1, 4))):
+                for _ in range(int(rng.integers(1, 4))):
                     y = rng.uniform(0, h) * s
                     paint("line", [(0, y), (w * s, y + rng.uniform(-5, 5) * s)], tone, width=width)
         elif kind == "windows":  # rows of lit windows (bright on dark at night)
@@ -150,9 +152,7 @@ def add_sprites(
         top, left = int(rng.integers(0, dh - sh)), int(rng.integers(0, dw - sw))
         patch = donor[:, top : top + sh, left : left + sw]
         patch = (patch * rng.uniform(0.6, 1.3) + rng.uniform(-0.15, 0.15)).clamp(0, 1)
-        yy, xx = torch.meshgrid(
-            torch.linspace(-1, 1, sh), torch.linspace(-1, 1, sw), indexing="ij"
-        )
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, sh), torch.linspace(-1, 1, sw), indexing="ij")
         if shape == "ellipse":
             dist = torch.sqrt(yy**2 + xx**2)
         elif shape == "walker":

@@ -142,9 +142,7 @@ def _wallpapers() -> list[Path]:
                 found.append(path)
     if PLASMA_DIR.is_dir():
         images = [
-            p
-            for p in PLASMA_DIR.glob("*/contents/images*/*")
-            if p.suffix.lower() in IMAGE_SUFFIXES
+            p for p in PLASMA_DIR.glob("*/contents/images*/*") if p.suffix.lower() in IMAGE_SUFFIXES
         ]
         found += _largest_per_folder(images)
     return found

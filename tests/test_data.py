@@ -8,9 +8,9 @@ import torch
 
 from j4r.config import ClipConfig
 from j4r.data import ClipSampler
+from j4r.motion import CameraPath, render_path
 from j4r.rain import random_rain_config
 from j4r.scenes import add_sprites, draw_structures
-from j4r.motion import CameraPath, render_path
 from j4r.sources import CleanSource, package_dir, read_image_rgb
 
 

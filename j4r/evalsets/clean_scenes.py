@@ -86,8 +86,12 @@ def sign_with_text(photo: torch.Tensor) -> torch.Tensor:
     cover = torch.zeros(h, w)
     digit_w, gap = bw / 8, bw / 40
     segments = {  # seven-segment strokes as (y0, x0, y1, x1) fractions of a digit box
-        "a": (0.1, 0.2, 0.1, 0.8), "b": (0.1, 0.8, 0.5, 0.8), "c": (0.5, 0.8, 0.9, 0.8),
-        "d": (0.9, 0.2, 0.9, 0.8), "e": (0.5, 0.2, 0.9, 0.2), "f": (0.1, 0.2, 0.5, 0.2),
+        "a": (0.1, 0.2, 0.1, 0.8),
+        "b": (0.1, 0.8, 0.5, 0.8),
+        "c": (0.5, 0.8, 0.9, 0.8),
+        "d": (0.9, 0.2, 0.9, 0.8),
+        "e": (0.5, 0.2, 0.9, 0.2),
+        "f": (0.1, 0.2, 0.5, 0.2),
         "g": (0.5, 0.2, 0.5, 0.8),
     }
     digits = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc"]
@@ -111,11 +115,18 @@ def crossing(background: torch.Tensor, donor: torch.Tensor, frames: int, size: i
     clip = []
     for t in range(frames):
         frame = still.clone()
-        for (cy, cx0, speed, hh, hw) in ((0.7, -0.3, 4.0, 0.13, 0.3), (0.45, 0.2, 1.5, 0.3, 0.06)):
+        for cy, cx0, speed, hh, hw in ((0.7, -0.3, 4.0, 0.13, 0.3), (0.45, 0.2, 1.5, 0.3, 0.06)):
             cx = cx0 * size + speed * t
             cover = (
-                1 - torch.maximum((yy - cy * size).abs() / (hh * size), (xx - cx).abs() / (hw * size))
-            ).mul(8).clamp(0, 1)
+                (
+                    1
+                    - torch.maximum(
+                        (yy - cy * size).abs() / (hh * size), (xx - cx).abs() / (hw * size)
+                    )
+                )
+                .mul(8)
+                .clamp(0, 1)
+            )
             src_y = (yy - cy * size + donor.shape[1] / 2).long().clamp(0, donor.shape[1] - 1)
             src_x = (xx - cx + donor.shape[2] / 2).long().clamp(0, donor.shape[2] - 1)
             frame = frame * (1 - cover) + donor[:, src_y, src_x] * cover
@@ -134,8 +145,14 @@ def clean_clips(
 
     def along(image: torch.Tensor, path: CameraPath) -> torch.Tensor:
         _, h, w = image.shape
-        return render_path(image, path, frames=frames, height=crop, width=crop,
-                           centre_yx=(h / 2, w / 2 - math.copysign(20, path.pan_px[1])))
+        return render_path(
+            image,
+            path,
+            frames=frames,
+            height=crop,
+            width=crop,
+            centre_yx=(h / 2, w / 2 - math.copysign(20, path.pan_px[1])),
+        )
 
     clips = [
         ("pole+wires pan (china)", along(street_with_pole(china), pan)),
@@ -150,6 +167,12 @@ def clean_clips(
         size_h, size_w = min(crop, h), min(crop, w)
         start = max(0, min(t - frames, 60))
         top, left = (h - size_h) // 2, (w - size_w) // 2
-        clips.append((f"{name} (real motion)", video[start : start + frames, :, top : top + size_h,
-                                                       left : left + size_w].contiguous()))
+        clips.append(
+            (
+                f"{name} (real motion)",
+                video[
+                    start : start + frames, :, top : top + size_h, left : left + size_w
+                ].contiguous(),
+            )
+        )
     return clips

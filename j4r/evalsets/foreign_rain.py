@@ -39,16 +39,20 @@ class ForeignStyle:
 
 
 FOREIGN_STYLES = {
-    "light": ForeignStyle("light", 7000.0, (14.0, 34.0), (1.0, 1.8), (0.15, 0.4), (0.0, 0.0),
-                          0, 300.0),
-    "heavy": ForeignStyle("heavy", 12000.0, (25.0, 70.0), (1.2, 3.2), (0.2, 0.5), (0.05, 0.14),
-                          3, 1500.0),
+    "light": ForeignStyle(
+        "light", 7000.0, (14.0, 34.0), (1.0, 1.8), (0.15, 0.4), (0.0, 0.0), 0, 300.0
+    ),
+    "heavy": ForeignStyle(
+        "heavy", 12000.0, (25.0, 70.0), (1.2, 3.2), (0.2, 0.5), (0.05, 0.14), 3, 1500.0
+    ),
 }
 
 
 def _blur(images_nchw: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(3 * sigma))
-    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
+    taps = torch.exp(
+        -(torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2) / (2 * sigma**2)
+    )
     taps = (taps / taps.sum()).to(images_nchw)
     c = images_nchw.shape[1]
     flat = F.pad(images_nchw, (radius, radius, radius, radius), mode="replicate")
@@ -115,7 +119,9 @@ def add_foreign_rain(clean_t3hw: torch.Tensor, preset: str, *, seed: int) -> tor
     rng = np.random.default_rng(seed)
     t, _, h, w = clean_t3hw.shape
     slanted = rng.random() < 0.5
-    angle = math.radians(rng.uniform(18, 35) * rng.choice([-1, 1]) if slanted else rng.uniform(-4, 4))
+    angle = math.radians(
+        rng.uniform(18, 35) * rng.choice([-1, 1]) if slanted else rng.uniform(-4, 4)
+    )
     n = rng.poisson(style.drops_per_mpx * (h + 120) * (w + 120) / 1e6)
     drops = np.stack(
         [

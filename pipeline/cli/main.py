@@ -113,7 +113,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a setting, e.g. batch_size=8, clip.size=48 or net.channels=32",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda; the autocast precision is --set precision=auto|fp32|bf16 (auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu or cuda; the autocast precision is --set precision=auto|fp32|bf16 "
+        "(auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32)",
+    )
     p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
     p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
     p.add_argument(
