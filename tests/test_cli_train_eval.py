@@ -62,6 +62,11 @@ def test_train_export_eval_and_run(tmp_path, capsys):
     assert record["model"]["version"] == "9.9"
     assert "single-frame (stage 1)" in record["results"]["heavy"]
     assert "| heavy | J4R-Net |" in (tmp_path / "eval" / "eval.md").read_text()
+    assert set(record["results"]) == {"light", "heavy", "foreign-light", "foreign-heavy", "clean"}
+    assert "gain_y" in record["results"]["foreign-heavy"]["J4R-Net"]
+    samples = sorted(p.name for p in (tmp_path / "eval" / "samples").glob("*.png"))
+    assert samples == ["clean-bikes.png", "foreign-heavy-bikes.png", "heavy-bikes.png"]
+    assert main(["eval", "--checkpoint", str(export), "--sets", "light,bogus"]) == 2
 
     src = write_video(tmp_path / "in.mkv", moving_frames_thwc_u8(4, 16, 24))
     assert (

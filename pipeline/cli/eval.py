@@ -11,14 +11,23 @@ def eval_command(args: argparse.Namespace) -> int:
     from j4r.sources import MissingContentError
     from pipeline.errors import usage_errors
     from pipeline.registry.checkpoints import default_checkpoint
-    from pipeline.tools.evaluation import evaluate_checkpoint, write_evaluation
+    from pipeline.tools.evaluation import (
+        evaluate_checkpoint,
+        parse_sets,
+        write_evaluation,
+        write_samples,
+    )
 
     checkpoint = args.checkpoint or default_checkpoint()
-    with usage_errors(MissingContentError):
+    with usage_errors(MissingContentError, ValueError):
+        sets = parse_sets(args.sets)
         record, table = evaluate_checkpoint(
-            checkpoint, args.single_checkpoint, frames=args.frames, crop=args.crop
+            checkpoint, args.single_checkpoint, frames=args.frames, crop=args.crop, sets=sets
         )
     write_evaluation(record, table, args.out)
     print(table)
     print(f"derain eval: wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
+    if not args.no_samples:
+        written = write_samples(checkpoint, args.out / "samples", frames=args.frames)
+        print(f"derain eval: {len(written)} before/after PNGs in {args.out / 'samples'}")
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""Scoring a checkpoint on the Light and Heavy test sets, and writing the record beside it.
+"""Scoring a checkpoint on the held-out test sets, and writing the record beside it.
 
 Library of ``derain eval`` and of the ``train-j4r`` flow's evaluation step.
 """
@@ -12,13 +12,18 @@ from typing import Any
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, single_checkpoint: Path | None = None, *, frames: int, crop: int
+    checkpoint: Path,
+    single_checkpoint: Path | None = None,
+    *,
+    frames: int,
+    crop: int,
+    sets: tuple[str, ...] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Score ``checkpoint`` (and its stage-1 model) on both test sets: (record, Markdown table).
+    """Score ``checkpoint`` (and its stage-1 model) on the test sets: (record, Markdown table).
 
     ``single_checkpoint`` defaults to ``checkpoint/stage1`` when that exists.
     """
-    from j4r.evaluate import evaluate, markdown_table
+    from j4r.evaluate import SETS, evaluate, markdown_table
     from pipeline.registry.checkpoints import load_model
 
     checkpoint = Path(checkpoint)
@@ -26,7 +31,7 @@ def evaluate_checkpoint(
     model, info = load_model(checkpoint)
     single = load_model(single_path)[0] if single_path.exists() else None
     started = time.monotonic()
-    results = evaluate(model, single, frames=frames, crop=crop)
+    results = evaluate(model, single, frames=frames, crop=crop, sets=sets or SETS)
     record = {
         "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
         "frames": frames,
@@ -42,6 +47,55 @@ def write_evaluation(record: dict[str, Any], table: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "eval.md").write_text(table)
+
+
+def parse_sets(text: str) -> tuple[str, ...]:
+    """``"light,clean"`` -> ``("light", "clean")``; unknown names raise ValueError."""
+    from j4r.evaluate import SETS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SETS]
+    if unknown or not names:
+        raise ValueError(f"unknown test sets {unknown or [text]}; choose from {', '.join(SETS)}")
+    return names
+
+
+def write_samples(checkpoint: Path, out: Path, *, frames: int = 24) -> list[Path]:
+    """Before/after PNGs at full frame size: rain-free and rainy real footage through the model.
+
+    ``bikes.mp4`` (640x272, held out) as is, with the project's heavy rain and with the
+    foreign heavy rain; each PNG stacks input, output and 4x the absolute difference for the
+    last of ``frames`` frames (the memory has seen the clip by then).
+    """
+    import numpy as np
+    import torch
+    from skimage import io
+
+    from j4r.config import rain_config
+    from j4r.evalsets.foreign_rain import add_foreign_rain
+    from j4r.evaluate import EVAL_SEED, j4r_method
+    from j4r.rain import add_rain
+    from j4r.sources import evaluation_sources
+    from pipeline.registry.checkpoints import load_model
+
+    model, _ = load_model(Path(checkpoint))
+    video = next(s for s in evaluation_sources() if s.name == "bikes.mp4").rgb[:frames]
+    inputs = {
+        "clean-bikes": video,
+        "heavy-bikes": add_rain(video, rain_config("heavy"), seed=EVAL_SEED).rainy,
+        "foreign-heavy-bikes": add_foreign_rain(video, "heavy", seed=EVAL_SEED),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, clip in inputs.items():
+        derained, _ = j4r_method(model)(clip)
+        last = -1
+        diff = ((derained[last] - clip[last]).abs() * 4).clamp(0, 1)
+        panel = torch.cat([clip[last], derained[last], diff], dim=1).permute(1, 2, 0)
+        path = out / f"{name}.png"
+        io.imsave(path, (panel.numpy() * 255).round().astype(np.uint8), check_contrast=False)
+        written.append(path)
+    return written
 
 
 def luma_scores(record: dict[str, Any], method: str = "J4R-Net") -> dict[str, float]:
