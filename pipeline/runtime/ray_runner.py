@@ -84,7 +84,13 @@ class RayRunner:
             max_task_retries=0,
         )
         self.actors = [actor_cls.remote(config) for _ in range(workers)]
-        infos = ray.get([a.info.remote() for a in self.actors])
+        try:
+            infos = ray.get([a.info.remote() for a in self.actors])
+        except RayActorError as exc:  # the stage could not load in the actor
+            self.close()
+            cause = getattr(exc, "error_msg", None) or str(exc)
+            last = [line for line in str(cause).splitlines() if line.strip()][-1:] or [""]
+            raise RunnerError(f"the Ray workers could not start: {last[0].strip()}") from exc
         self.description = (
             f"ray, {workers} actor(s) x {self.clips_per_worker} clip(s) on {infos[0]['device']}"
         )
