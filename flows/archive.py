@@ -10,6 +10,7 @@ overlapping nightly runs never do the same work).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -28,6 +29,8 @@ from pipeline.job.archive import (
     ArchiveJob,
     RunPlan,
     RunSummary,
+    check_locations,
+    claim_destination,
     commit_run,
     discover,
     execute_run,
@@ -56,11 +59,11 @@ def resolve_model_version(
     registry: str | None, version: str, options: dict[str, Any]
 ) -> tuple[str, str, str]:
     """(checkpoint the workers load, model name, model version) for the requested version."""
-    from pipeline.registry.checkpoints import default_checkpoint, read_model_info
+    from pipeline.registry.checkpoints import default_checkpoint, verify_checkpoint
     from pipeline.registry.models import MODEL_FAMILY, resolve_model
 
     local = resolve_model(registry, version, options)
-    info = read_model_info(local)
+    info = verify_checkpoint(local)  # a bad checkpoint fails here, before any worker starts
     checkpoint = str(local)
     if registry and local != default_checkpoint():
         # Workers on other nodes fetch the published version from the registry themselves.
@@ -99,7 +102,9 @@ def run_videos(run_plan: RunPlan, stage: StageConfig, runner: RunnerSettings) ->
     def on_result(video, row) -> None:
         nonlocal done
         done += 1
-        if row.status != "ok":
+        if row.status == "partial":
+            logger.warning("%s partial (output kept): %s", video.source.url, row.error_message)
+        elif row.status != "ok":
             logger.warning("%s failed: %s: %s", video.source.url, row.error_type, row.error_message)
         update_progress_artifact(progress_id, 100.0 * done / total)
 
@@ -187,24 +192,31 @@ def derain_archive(
         segment_frames=segment_frames,
         warmup_frames=warmup_frames,
     )
-    videos = discover_videos(job)
-    model = resolve_model_version(model_registry, model_version, options)
-    run_plan = plan(job, videos, model)
+    # Refused at once (not retried): SRC/DST overlap, a missing bucket, bad stage settings.
+    check_locations(job)
     stage = StageConfig(
-        checkpoint=model[0],
+        checkpoint=None,
         checkpoint_options=options,
         device=device,
         encode=encode,
         clips_per_batch=clips_per_worker,
         cpus=cpus_per_worker,
     )
-    summary = run_videos(run_plan, stage, settings)
-    commit(run_plan, summary)
-    report_url = publish_report(job, run_plan.run_id)
+    videos = discover_videos(job)
+    model = resolve_model_version(model_registry, model_version, options)
+    stage = replace(stage, checkpoint=model[0])
+    # One run at a time on the destination; a second one fails at once naming the first.
+    with claim_destination(job) as claim:
+        run_plan = plan(job, videos, model)
+        claim.set_run_id(run_plan.run_id)
+        summary = run_videos(run_plan, stage, settings)
+        commit(run_plan, summary)
+        report_url = publish_report(job, run_plan.run_id)
     result = {
         "run_id": summary.run_id,
         "ok": summary.ok,
         "failed": summary.failed,
+        "partial": summary.partial,
         "skipped": summary.skipped,
         "frames": summary.frames,
         "seconds": round(summary.seconds, 1),
@@ -215,7 +227,8 @@ def derain_archive(
     get_run_logger().info("derain-archive: %s", result)
     if summary.stopped:
         raise RunStopped(f"run {summary.run_id} {summary.stopped} (see {report_url})", summary)
-    if summary.failed and fail_on_video_errors:
+    if (summary.failed or summary.partial) and fail_on_video_errors:
         failures = "; ".join(f"{url}: {error}" for url, error in summary.failures[:5])
-        raise VideoFailures(f"{summary.failed} video(s) failed (see {report_url}): {failures}")
+        count = summary.failed + summary.partial
+        raise VideoFailures(f"{count} video(s) failed (see {report_url}): {failures}")
     return result

@@ -77,7 +77,15 @@ def save_checkpoint(
     return folder
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (torch's size-mismatch errors span many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[:2])[:300] or type(exc).__name__
+
+
 def read_info(folder: str | Path) -> ModelInfo:
+    """The checkpoint's config, checked: every problem is one :class:`CheckpointError` line
+    naming the file (not JSON, not an object, a missing key, a bad ``net``)."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG, folder / WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
@@ -85,35 +93,81 @@ def read_info(folder: str | Path) -> ModelInfo:
             f"{folder} is not a checkpoint: it needs {CONFIG} and {WEIGHTS} "
             "(train one with `derain train`, or omit --checkpoint for the shipped one)"
         )
-    meta = json.loads(config_path.read_text())
+    try:
+        meta = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({_one_line(exc)})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{config_path}: a JSON {type(meta).__name__}, expected an object with "
+            "format_version, name, version and net"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{folder}: unsupported checkpoint format {meta.get('format_version')}"
         )
+    for key in ("name", "version", "net"):
+        if key not in meta:
+            raise CheckpointError(f"{config_path}: no `{key}` (a checkpoint config needs it)")
+    if not isinstance(meta["net"], dict):
+        raise CheckpointError(f"{config_path}: `net` is not an object")
+    try:
+        net = from_dict(NetConfig, meta["net"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: bad `net`: {_one_line(exc)}") from exc
     known = {"format_version", "name", "version", "net", "sha256"}
     return ModelInfo(
-        name=meta["name"],
-        version=meta["version"],
-        net=from_dict(NetConfig, meta["net"]),
+        name=str(meta["name"]),
+        version=str(meta["version"]),
+        net=net,
         sha256=meta.get("sha256") or file_sha256(weights_path),
         extra={k: v for k, v in meta.items() if k not in known},
     )
 
 
 def load_checkpoint(folder: str | Path | None = None, *, device: str = "cpu"):
-    """Build the network from ``folder`` (default: the shipped checkpoint) in eval mode."""
+    """Build the network from ``folder`` (default: the shipped checkpoint) in eval mode.
+
+    Unreadable weights (truncated, random bytes), tensors whose names or shapes do not match
+    the config, and weights that differ from the sha256 the config records all raise one
+    :class:`CheckpointError` line naming the file.
+    """
     from safetensors.torch import load_file
 
     from j4r.model import build_model
 
     folder = Path(folder) if folder else DEFAULT_CHECKPOINT
     info = read_info(folder)
+    weights_path = folder / WEIGHTS
     model = build_model(info.net)
-    state = load_file(str(folder / WEIGHTS), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except Exception as exc:  # safetensors' own error type; also OSError
+        raise CheckpointError(
+            f"{weights_path}: not a readable safetensors file ({_one_line(exc)}); "
+            "truncated or not a checkpoint?"
+        ) from exc
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatch
+        raise CheckpointError(
+            f"{weights_path}: tensor shapes do not match the net in {CONFIG} ({_one_line(exc)})"
+        ) from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{folder}: weights do not match the config (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
+    recorded = read_recorded_sha256(folder)
+    if recorded and recorded != file_sha256(weights_path):
+        raise CheckpointError(
+            f"{weights_path}: sha256 differs from the one {CONFIG} records: "
+            "the weights were changed or damaged after saving"
+        )
     return model.to(device).eval(), info
+
+
+def read_recorded_sha256(folder: Path) -> str | None:
+    """The weights' sha256 as ``config.json`` records it (None if it records none)."""
+    meta = json.loads((folder / CONFIG).read_text())
+    return meta.get("sha256") if isinstance(meta, dict) else None

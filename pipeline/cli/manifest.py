@@ -39,24 +39,34 @@ def manifest_command(args: argparse.Namespace) -> int:
         print(f"derain manifest: no runs under {url}")
         return EXIT_OK
     print(
-        f"{'run':<28} {'model':<24} {'ok':>5} {'failed':>6} {'skipped':>7} {'frames':>8} "
-        f"{'seconds':>8}"
+        f"{'run':<28} {'model':<24} {'ok':>5} {'failed':>6} {'partial':>7} {'skipped':>7} "
+        f"{'frames':>8} {'seconds':>8}"
     )
     for c in commits:
         model = f"{c.get('model_name', '?')} {c.get('model_version', '?')}"
         print(
             f"{c['run_id']:<28} {model:<24} {c.get('ok', 0):>5} {c.get('failed', 0):>6} "
-            f"{c.get('skipped', 0):>7} {c.get('frames', 0):>8} {c.get('seconds', 0):>8.1f}"
+            f"{c.get('partial', 0):>7} {c.get('skipped', 0):>7} {c.get('frames', 0):>8} "
+            f"{c.get('seconds', 0):>8.1f}"
         )
+    if any(c.get("partial") for c in commits):
+        with usage_errors(ValueError, OSError):
+            rows = store.read("videos").to_pylist()
+        for r in rows:
+            if r["status"] == "partial":
+                print(
+                    f"  partial (output kept, run {r['run_id']}): {r['source_url']}: "
+                    f"{r['error_message']}"
+                )
     for run in pending:
         print(
             f"{run['run_id']:<28} not committed (running, or interrupted: `derain run` with "
             "the same SRC and DST resumes it)"
         )
-    totals = {k: sum(c.get(k, 0) for c in commits) for k in ("ok", "failed", "frames")}
+    totals = {k: sum(c.get(k, 0) for c in commits) for k in ("ok", "failed", "partial", "frames")}
     print(
         f"{len(commits)} committed run(s): {totals['ok']} videos ok, {totals['failed']} failed, "
-        f"{totals['frames']} frames; manifests at {url}"
+        f"{totals['partial']} partial, {totals['frames']} frames; manifests at {url}"
     )
     return EXIT_OK
 

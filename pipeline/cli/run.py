@@ -9,35 +9,48 @@ from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from pipeline.cli.common import runner_settings, stage_config, storage_options
-    from pipeline.errors import RunStopped, UsageError, usage_errors
+    from pipeline.errors import UsageError, usage_errors
     from pipeline.io.storage import list_videos, open_location
-    from pipeline.job.archive import ArchiveJob, run_archive
-    from pipeline.registry.checkpoints import read_model_info
-    from pipeline.runtime.runners import build_runner
+    from pipeline.job.archive import ArchiveJob, check_locations, claim_destination
+    from pipeline.registry.checkpoints import verify_checkpoint
+    from pipeline.stage.device import check_device_available
 
     with usage_errors(FileNotFoundError):
         options = storage_options(args)
-        if not list_videos(open_location(args.src, options)):
+        stage = stage_config(args)
+        settings = runner_settings(args)
+        job = ArchiveJob(
+            source=str(args.src),
+            destination=str(args.dst),
+            manifest=args.manifest,
+            storage_options=options,
+            encode=stage.encode,
+            force=args.force,
+            max_videos=args.max_videos,
+            segment_frames=args.segment_frames,
+            warmup_frames=args.warmup_frames,
+        )
+        check_locations(job)  # SRC == DST, DST inside SRC: refused before anything is read
+        if not list_videos(open_location(args.src, options), include_refused=True):
             raise UsageError(
                 f"no videos under {args.src} (looked for .mp4 .mkv .avi .mov .mpg ...)"
             )
-        info = read_model_info(args.checkpoint)
-        stage = stage_config(args)
-        settings = runner_settings(args)
-    job = ArchiveJob(
-        source=str(args.src),
-        destination=str(args.dst),
-        manifest=args.manifest,
-        storage_options=options,
-        encode=stage.encode,
-        force=args.force,
-        max_videos=args.max_videos,
-        segment_frames=args.segment_frames,
-        warmup_frames=args.warmup_frames,
-    )
+        info = verify_checkpoint(args.checkpoint)  # before any worker or video
+        if settings.runs_here:
+            check_device_available(stage.device)
+    # One run at a time on DST (exit 2 naming the other run); released at the end, or on errors.
+    with claim_destination(job) as claim:
+        return _run(args, job, stage, settings, info, claim)
+
+
+def _run(args, job, stage, settings, info, claim) -> int:
+    from tqdm import tqdm
+
+    from pipeline.errors import RunStopped
+    from pipeline.job.archive import run_archive
+    from pipeline.runtime.runners import build_runner
+
     runner = build_runner(stage, settings)
     bar = tqdm(total=0, unit="video", desc="derain", disable=args.no_progress)
 
@@ -46,7 +59,9 @@ def run_command(args: argparse.Namespace) -> int:
         bar.refresh()
 
     def finished(task, row) -> None:
-        if row.status != "ok":
+        if row.status == "partial":
+            bar.write(f"PARTIAL {task.source.url}: {row.error_message} (output kept)")
+        elif row.status != "ok":
             bar.write(f"FAILED {task.source.url}: {row.error_type}: {row.error_message}")
         bar.update(1)
 
@@ -59,6 +74,7 @@ def run_command(args: argparse.Namespace) -> int:
             model_version=info.version,
             on_planned=planned,
             on_result=finished,
+            claim=claim,
         )
     except RunStopped as exc:
         stopped, summary = exc, exc.summary
@@ -66,7 +82,9 @@ def run_command(args: argparse.Namespace) -> int:
         bar.close()
         runner.close()
     print(
-        f"derain run: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped; "
+        f"derain run: {summary.ok} ok, {summary.failed} failed, "
+        + (f"{summary.partial} partial, " if summary.partial else "")
+        + f"{summary.skipped} skipped; "
         f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} "
         f"frames/s); {info.name} {info.version}; {summary.runner}; run {summary.run_id}"
     )
@@ -75,4 +93,4 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"  failed: {url}: {error}")
     if stopped is not None:
         print(f"derain run: {stopped}", file=sys.stderr)
-    return EXIT_FAILED if summary.failed or stopped else EXIT_OK
+    return EXIT_FAILED if summary.failed or summary.partial or stopped else EXIT_OK

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import StorageError, UsageError
-from pipeline.io.video import VIDEO_EXTENSIONS
+from pipeline.io.video import VIDEO_EXTENSIONS, chmod_like_new_file
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,8 +59,19 @@ def parse_storage_options(pairs: list[str], endpoint_url: str | None = None) -> 
     return options
 
 
+# botocore waits 60 s per connection attempt and retries 4 times by default: an unreachable
+# endpoint took over 40 s to report. These defaults (any can be overridden with
+# ``--storage-option config_kwargs.connect_timeout=...``) report it within about 15 s.
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 60,
+    "retries": {"max_attempts": 2, "mode": "standard"},
+}
+
+
 def storage_options_for(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """fsspec options for ``url``; S3 gets ``AWS_ENDPOINT_URL`` if no endpoint is given."""
+    """fsspec options for ``url``; S3 gets ``AWS_ENDPOINT_URL`` if no endpoint is given, and
+    short connect timeouts and few botocore retries unless the options set their own."""
     options = dict(options or {})
     if url.startswith(("s3://", "s3a://")):
         endpoint = options.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
@@ -68,7 +79,94 @@ def storage_options_for(url: str, options: dict[str, Any] | None = None) -> dict
             client_kwargs = dict(options.get("client_kwargs", {}))
             client_kwargs.setdefault("endpoint_url", endpoint)
             options["client_kwargs"] = client_kwargs
+        options["config_kwargs"] = {**S3_CONFIG_DEFAULTS, **dict(options.get("config_kwargs", {}))}
     return options
+
+
+def endpoint_of(location: Location) -> str:
+    """The endpoint a location talks to, for messages (no credentials)."""
+    if location.protocol == "file":
+        return "the local filesystem"
+    kwargs = getattr(location.fs, "client_kwargs", None) or {}
+    return str(kwargs.get("endpoint_url") or f"the default {location.protocol} endpoint")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for 'the endpoint cannot be reached' (refused, unresolvable, timed out)."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    return bool(
+        names
+        & {
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ConnectionClosedError",
+            "ClientConnectorError",
+            "ServerDisconnectedError",
+            "ConnectionRefusedError",
+            "ConnectTimeout",
+        }
+    )
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen = 0
+    while exc is not None and seen < 10:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+
+
+def unreachable_error(location: Location, exc: BaseException) -> StorageError:
+    """One line for an endpoint that does not answer."""
+    return StorageError(
+        f"cannot reach {endpoint_of(location)} for {location.url()} "
+        f"({type(exc).__name__}): check --endpoint-url / AWS_ENDPOINT_URL and the network"
+    )
+
+
+def bucket_of(location: Location) -> str | None:
+    """The bucket of an object-store location (None on a local filesystem)."""
+    return None if location.protocol == "file" else location.root.strip("/").split("/")[0]
+
+
+def check_bucket_exists(location: Location, role: str = "destination") -> None:
+    """Refuse a location in a bucket that does not exist: derain never creates buckets."""
+    bucket = bucket_of(location)
+    if not bucket:
+        return
+    fs = location.fs
+    if hasattr(fs, "call_s3"):
+        # HEAD on the bucket: s3fs's exists() would answer False for an unreachable endpoint.
+        def head() -> bool:
+            try:
+                fs.call_s3("head_bucket", Bucket=bucket)
+            except FileNotFoundError:
+                return False
+            except PermissionError:
+                return True  # may not look, may still write: later calls say more
+            return True
+    else:
+
+        def head() -> bool:
+            return fs.exists(bucket)
+
+    try:
+        # One attempt: botocore retries once itself, and a dead endpoint must be reported
+        # within seconds, not after a minute of backoff.
+        exists = retry(head, what=f"check bucket {bucket}", attempts=1)
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unreachable_error(location, exc) from exc
+        raise
+    if not exists:
+        advice = (
+            "check the URL"
+            if role == "source"
+            else "derain never creates buckets; create it (or fix the name) and run again"
+        )
+        raise StorageError(
+            f"the {role} bucket {bucket!r} does not exist at {endpoint_of(location)}: {advice}"
+        )
 
 
 def open_location(url: str | Path, options: dict[str, Any] | None = None) -> Location:
@@ -107,6 +205,9 @@ class SourceObject:
     url: str
     size: int
     etag: str  # ETag, or size+mtime where the store has none
+    # Why this object cannot be processed (e.g. a key that climbs out with '..'): it is listed
+    # so that the run's manifest accounts for it, and never downloaded. None: a good video.
+    refused: str | None = None
 
 
 def _etag_of(info: dict[str, Any]) -> str:
@@ -119,10 +220,20 @@ def _etag_of(info: dict[str, Any]) -> str:
     return f"{info.get('size', 0)}-{mtime}"
 
 
-def list_videos(location: Location) -> list[SourceObject]:
-    """Videos under the root, recursively, by extension; sorted by key."""
+def list_videos(location: Location, *, include_refused: bool = False) -> list[SourceObject]:
+    """Videos under the root, recursively, by extension; sorted by key.
+
+    A video whose key is unsafe (``..``, control characters) is left out, or, with
+    ``include_refused``, listed with ``refused`` set to the reason (the archive job records it).
+    """
     fs = location.fs
-    if not retry(lambda: fs.exists(location.root), what=f"check {location.url()}"):
+    try:
+        exists = retry(lambda: fs.exists(location.root), what=f"check {location.url()}")
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unreachable_error(location, exc) from exc
+        raise
+    if not exists:
         raise FileNotFoundError(
             f"{location.url()} does not exist: give a video file or a folder (prefix) of videos"
         )
@@ -132,20 +243,25 @@ def list_videos(location: Location) -> list[SourceObject]:
         return [SourceObject(name, location.url(), int(info["size"]), _etag_of(info))]
     found = retry(lambda: fs.find(location.root, detail=True), what=f"list {location.url()}")
     objects = []
+    root = location.root.rstrip("/") + "/"
     for path, info in found.items():
         if info.get("type") == "directory":
             continue
-        relative = posixpath.relpath(path, location.root)
+        # Not posixpath.relpath: it would fold 'a/../b.mp4' into 'b.mp4' and hide the '..'.
+        relative = path[len(root) :] if path.startswith(root) else posixpath.relpath(path, root)
         name = posixpath.basename(relative)
         if name.startswith(".") or posixpath.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
             continue
+        url = path if location.protocol == "file" else f"{location.protocol}://{path}"
+        size, etag = int(info.get("size") or 0), _etag_of(info)
         try:
             key = safe_relative_key(relative)
         except StorageError as exc:
-            logger.warning("skipping %s: %s", path, exc)
+            logger.warning("not processing %s: %s", path, exc)
+            if include_refused:
+                objects.append(SourceObject(relative, url, size, etag, refused=str(exc)))
             continue
-        url = path if location.protocol == "file" else f"{location.protocol}://{path}"
-        objects.append(SourceObject(key, url, int(info.get("size") or 0), _etag_of(info)))
+        objects.append(SourceObject(key, url, size, etag))
     return sorted(objects, key=lambda o: o.key)
 
 
@@ -215,9 +331,53 @@ def put_file(local: Path, destination: Location, key: str) -> str:
         os.close(handle)
         try:
             shutil.copyfile(local, tmp)
+            chmod_like_new_file(tmp)  # mkstemp's 0600 would make every output private
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
     else:
-        retry(lambda: destination.fs.put_file(str(local), target), what=f"upload {key}")
+        try:
+            retry(lambda: destination.fs.put_file(str(local), target), what=f"upload {key}")
+        except Exception as exc:
+            raise StorageError(
+                f"upload to {destination.url(key)} failed ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); nothing is at that key: run again to resume (this video "
+                "is redone, finished ones are kept)"
+            ) from exc
     return destination.url(key)
+
+
+def create_exclusive(location: Location, key: str, payload: bytes) -> bool:
+    """Create ``location/key`` with ``payload`` only if it does not exist; False if it does.
+
+    Atomic where the store can do it: ``O_CREAT | O_EXCL`` locally, a conditional PUT
+    (``If-None-Match: *``, s3fs's ``mode="create"``) on S3 and S3-compatible stores that
+    support it. Elsewhere it checks, then writes (a narrow race), and says so in the log.
+    """
+    path = location.path(key)
+    if location.protocol == "file":
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "wb") as fh:
+            fh.write(payload)
+        return True
+    if location.protocol in ("s3", "s3a"):
+        try:
+            retry(
+                lambda: location.fs.pipe_file(path, payload, mode="create"),
+                what=f"create {key}",
+            )
+        except FileExistsError:
+            return False
+        except OSError as exc:  # s3fs maps a 412 without its condition to EINVAL
+            if "precondition" in str(exc).lower() or getattr(exc, "errno", None) == 22:
+                return False
+            raise
+        return True
+    logger.warning("%s: no atomic create on %s; checking, then writing", key, location.protocol)
+    if location.fs.exists(path):
+        return False
+    location.fs.pipe_file(path, payload)
+    return True

@@ -71,8 +71,31 @@ def probe(path: str | Path | BinaryIO) -> VideoInfo:
         raise VideoError(f"{path}: not a readable video ({type(exc).__name__}: {exc})") from exc
 
 
+@dataclass
+class DecodeReport:
+    """What a :func:`read_chunks` call decoded: frames passed on, and the decoder error that
+    ended it early (None: it reached the end, or ``stop``)."""
+
+    frames: int = 0
+    error: str | None = None
+
+    def shortfall(self, expected: int) -> str | None:
+        """Why the decode is incomplete, or None: a decoder error, or clearly fewer frames
+        than ``expected`` (the container's count; estimated from the duration in Matroska, so
+        1 % and one frame of slack)."""
+        short = expected > 0 and expected - self.frames > max(1, expected // 100)
+        if self.error is None and not short:
+            return None
+        why = self.error or "the stream ends early, without a decoder error (truncated file?)"
+        return f"decoded {self.frames} of {expected} declared frames: {why}"
+
+
 def _decord_chunks(
-    path: str, chunk_frames: int, start: int, stop: int | None
+    path: str,
+    chunk_frames: int,
+    start: int,
+    stop: int | None,
+    report: DecodeReport | None = None,
 ) -> Iterator[np.ndarray]:
     import decord
 
@@ -88,10 +111,12 @@ def _decord_chunks(
             for index in indices:
                 try:
                     yield reader.get_batch([index]).asnumpy()
-                except decord.DECORDError:
+                except decord.DECORDError as exc:
                     if index == start:
                         raise  # nothing decodes here: let read_chunks try PyAV
                     logger.warning("%s: frames %d..%d do not decode; stopping", path, index, total)
+                    if report is not None:
+                        report.error = f"decord: {_first_line(exc)}"
                     return
 
 
@@ -109,19 +134,41 @@ def _seek_before(container, stream, start: int) -> bool:
     return True
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:300]
+
+
 def _pyav_chunks(
-    path: str, chunk_frames: int, start: int, stop: int | None
+    path: str,
+    chunk_frames: int,
+    start: int,
+    stop: int | None,
+    report: DecodeReport | None = None,
 ) -> Iterator[np.ndarray]:
     import av
 
     buffer: list[np.ndarray] = []
+    kept = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame/slice threads: same pictures, decoded faster
         seeked = _seek_before(container, stream, start)
         rate, first_pts = stream.average_rate or stream.guessed_rate, stream.start_time or 0
         index = -1
-        for frame in container.decode(stream):
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames, None)
+            except Exception as exc:  # FFmpeg's errors: a truncated or damaged file
+                if kept == 0:
+                    raise  # nothing decodes: let read_chunks try the other reader
+                logger.warning("%s: decoding stopped after %d frames: %s", path, kept, exc)
+                if report is not None:
+                    report.error = f"PyAV: {_first_line(exc)}"
+                break
+            if frame is None:
+                break
             if seeked and index < 0 and frame.pts is not None:
                 # After a seek, the first frame's timestamp says where we landed.
                 index = round(float((frame.pts - first_pts) * stream.time_base * rate))
@@ -132,6 +179,7 @@ def _pyav_chunks(
             if index < start:
                 continue  # decoded and dropped: a seek lands on the keyframe before ``start``
             buffer.append(frame.to_ndarray(format="rgb24"))
+            kept += 1
             if len(buffer) == chunk_frames:
                 yield np.stack(buffer)
                 buffer = []
@@ -158,6 +206,20 @@ def _readers_for(path: str, start: int, info: VideoInfo | None = None):
     return (("PyAV", _pyav_chunks), ("decord", _decord_chunks))
 
 
+def _counted(
+    first: np.ndarray, chunks: Iterator[np.ndarray], report: DecodeReport | None
+) -> Iterator[np.ndarray]:
+    for chunk in _chain_first(first, chunks):
+        if report is not None:
+            report.frames += len(chunk)
+        yield chunk
+
+
+def _chain_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
 def read_chunks(
     path: str | Path,
     chunk_frames: int = 16,
@@ -165,6 +227,7 @@ def read_chunks(
     start: int = 0,
     stop: int | None = None,
     info: VideoInfo | None = None,
+    report: DecodeReport | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield ``frames_thwc_u8`` chunks of frames ``[start, stop)``, at most ``chunk_frames`` each.
 
@@ -172,11 +235,13 @@ def read_chunks(
     (it buffers all of it), PyAV beyond that; either falls back to the other when it cannot open
     the file or decode its first frame. A file neither can decode raises :class:`VideoError`
     with both reasons. ``info``: the file's :func:`probe`, if the caller already has it.
+    ``report`` (a :class:`DecodeReport`) gets the frames passed on and the decoder error that
+    ended the decode early, if one did: a truncated file then yields what decodes.
     """
     path = str(path)
     errors: list[str] = []
     for name, reader in _readers_for(path, start, info):
-        chunks = reader(path, chunk_frames, start, stop)
+        chunks = reader(path, chunk_frames, start, stop, report)
         try:
             first = next(chunks, None)
         except Exception as exc:  # decord and FFmpeg raise many error types
@@ -189,8 +254,7 @@ def read_chunks(
             continue
         if errors:
             logger.info("%s: decoding with %s (%s)", path, name, "; ".join(errors))
-        yield first
-        yield from chunks
+        yield from _counted(first, chunks, report)
         return
     raise VideoError(
         f"{path}: cannot decode ({'; '.join(errors)}); check that the file is a complete video"
@@ -209,6 +273,25 @@ class EncodeOptions:
     @property
     def container_format(self) -> str:
         return "matroska" if self.lossless else "mp4"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux can say (/proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def chmod_like_new_file(path: str | Path) -> None:
+    """Give a temp file (``mkstemp`` makes them 0600) the mode a plain new file would get:
+    0666 minus the umask, so an output renamed into place is as readable as any file."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def temp_beside(final_path: Path) -> Path:
@@ -306,8 +389,25 @@ class VideoWriter:
         for rgb in frames_thwc_u8:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts = self.frames_written
-            self._container.mux(self._stream.encode(frame))
+            if self.frames_written == 0:
+                packets = self._first_encode(frame)  # FFmpeg opens the encoder here
+            else:
+                packets = self._stream.encode(frame)
+            self._container.mux(packets)
             self.frames_written += 1
+
+    def _first_encode(self, frame):
+        """Encode the first frame; an encoder that refuses the video says why, readably."""
+        try:
+            return self._stream.encode(frame)
+        except Exception as exc:  # FFmpeg's error types
+            codec, width, height = self._stream.codec_context.name, frame.width, frame.height
+            if codec == "ffv1" and width == 1 and height > 1:
+                hint = "FFV1 (--lossless) cannot encode a video 1 pixel wide; run it without "
+                hint += "--lossless (H.264 takes it)"
+            else:
+                hint = f"the {codec} encoder refuses a {width}x{height} video"
+            raise VideoError(f"{hint} ({type(exc).__name__}: {exc})") from exc
 
     def commit(self) -> Path:
         self._container.mux(self._stream.encode(None))
@@ -316,6 +416,7 @@ class VideoWriter:
             copy_audio(audio, self._container)
         self._container.close()
         self._container = None
+        chmod_like_new_file(self.tmp_path)
         os.replace(self.tmp_path, self.final_path)
         return self.final_path
 
@@ -393,6 +494,7 @@ def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions
                     )
             if audio:
                 copy_audio(audio, out)
+        chmod_like_new_file(tmp)
         os.replace(tmp, final_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,12 +19,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import RunStopped
-from pipeline.io.storage import SourceObject, list_videos, open_location
+from pipeline.errors import RunStopped, UsageError
+from pipeline.io.locations import check_outputs_outside_source, check_source_and_destination
+from pipeline.io.storage import (
+    SourceObject,
+    check_bucket_exists,
+    is_unreachable,
+    list_videos,
+    open_location,
+    retry,
+    unreachable_error,
+)
 from pipeline.io.video import EncodeOptions
 from pipeline.job.assemble import SegmentJoiner, split_long_videos
+from pipeline.job.claim import Claim, claimed
 from pipeline.job.manifest import ManifestStore, VideoRow, default_manifest_url, new_run_id
-from pipeline.job.plan import VideoTask, done_video_ids, plan_tasks
+from pipeline.job.plan import (
+    VideoTask,
+    done_video_ids,
+    output_keys,
+    plan_tasks,
+    video_id_of,
+)
 from pipeline.job.worker import RunContext, TaskResult
 from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
 
@@ -49,6 +65,13 @@ class ArchiveJob:
     # Videos in a row failing with the same unexpected exception type that stop the run.
     max_unexpected_failures: int = 3
 
+    def __post_init__(self) -> None:
+        for name in ("max_videos", "segment_frames", "warmup_frames"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 0):
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be 0 or more, not {value}")
+
     @property
     def manifest_url(self) -> str:
         return self.manifest or default_manifest_url(self.destination)
@@ -65,6 +88,7 @@ class RunSummary:
     manifest_url: str
     ok: int = 0
     failed: int = 0
+    partial: int = 0  # output kept but the decode stopped early: a failure for the exit code
     skipped: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -112,6 +136,24 @@ def skipped_row(task: VideoTask, run_id: str, model_version: str) -> VideoRow:
     )
 
 
+def refused_row(source: SourceObject, run_id: str, model_version: str) -> VideoRow:
+    """A listed object that is never processed (an unsafe key): failed, with the reason."""
+    now = datetime.now(UTC)
+    return VideoRow(
+        run_id=run_id,
+        video_id=video_id_of(source.url, source.etag),
+        source_url=source.url,
+        source_key=source.key,
+        etag=source.etag,
+        status="failed",
+        error_type="StorageError",
+        error_message=f"not processed: {source.refused}; rename the object",
+        model_version=model_version,
+        started_at=now,
+        finished_at=now,
+    )
+
+
 @dataclass
 class RunPlan:
     """What a run will do, decided before any video is touched (the run is begun, not done)."""
@@ -125,11 +167,45 @@ class RunPlan:
     resumed_files: list[str]  # shards an interrupted attempt of this run wrote (kept)
     finished_before: set[str]  # video ids an interrupted attempt of this run finished
     started: float = field(default_factory=time.monotonic)
+    # Listed objects that are never processed (unsafe keys): each gets a failed row.
+    refused: list[SourceObject] = field(default_factory=list)
+
+
+def claim_destination(job: ArchiveJob):
+    """Context manager holding the job's destination claim (see :mod:`pipeline.job.claim`)."""
+    return claimed(
+        job.destination,
+        job.storage_options,
+        info={"source": job.source, "destination": job.destination},
+    )
+
+
+def check_locations(job: ArchiveJob) -> None:
+    """Refuse (:class:`~pipeline.errors.UsageError`) a SRC/DST pair whose run would overwrite
+    originals or read its own outputs back; only a metadata look-up (is SRC a file?)."""
+    source = open_location(job.source, job.storage_options)
+    # The source's store first: an unreachable endpoint is one line, within seconds.
+    check_bucket_exists(source, "source")
+    try:
+        is_file = retry(lambda: source.fs.isfile(source.root), what=f"check {source.url()}")
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unreachable_error(source, exc) from exc
+        raise
+    check_source_and_destination(
+        job.source, job.destination, extension=job.encode.extension, source_is_file=is_file
+    )
+    # Never create a bucket: a missing one is a typo or a missing set-up step.
+    check_bucket_exists(open_location(job.destination, job.storage_options), "destination")
+    if job.manifest:
+        check_bucket_exists(open_location(job.manifest, job.storage_options), "manifest")
 
 
 def discover(job: ArchiveJob) -> list[SourceObject]:
-    """Every video under the job's source (recursive, with ETag or size+mtime)."""
-    return list_videos(open_location(job.source, job.storage_options))
+    """Every video under the job's source (recursive, with ETag or size+mtime), after
+    :func:`check_locations`."""
+    check_locations(job)
+    return list_videos(open_location(job.source, job.storage_options), include_refused=True)
 
 
 def manifest_store(job: ArchiveJob) -> ManifestStore:
@@ -140,6 +216,11 @@ def plan_run(
     job: ArchiveJob, listing: list[SourceObject], *, model_name: str, model_version: str
 ) -> RunPlan:
     """Skip what committed runs did, resume an interrupted run of the same job, begin the run."""
+    refused = [s for s in listing if s.refused]
+    listing = [s for s in listing if not s.refused]
+    check_outputs_outside_source(
+        job.source, job.destination, list(output_keys(listing, job.encode.extension).values())
+    )
     store = manifest_store(job)
     done = done_video_ids(store.read("videos"), model_version)
     run_id, files, finished_before = _resume(store, job, model_version)
@@ -165,7 +246,10 @@ def plan_run(
         force=job.force,
         max_videos=job.max_videos,
     )
-    return RunPlan(job, run_id, model_name, model_version, todo, skipped, files, finished_before)
+    return RunPlan(
+        job, run_id, model_name, model_version, todo, skipped, files, finished_before,
+        refused=refused,
+    )  # fmt: skip
 
 
 class CircuitBreaker:
@@ -233,6 +317,10 @@ def execute_run(
         if row.status == "ok":
             summary.ok += 1
             summary.frames += row.frames
+        elif row.status == "partial":
+            summary.partial += 1
+            summary.frames += row.frames
+            summary.failures.append((task.source.url, f"partial: {row.error_message}"))
         else:
             summary.failed += 1
             summary.failures.append((task.source.url, f"{row.error_type}: {row.error_message}"))
@@ -245,6 +333,11 @@ def execute_run(
             if close:
                 close()
             break
+    if plan.refused and not summary.stopped:
+        rows = [refused_row(source, plan.run_id, plan.model_version) for source in plan.refused]
+        summary.files += store.write_videos(rows, shard="refused")
+        summary.failed += len(rows)
+        summary.failures += [(r.source_url, f"{r.error_type}: {r.error_message}") for r in rows]
     newly_skipped = [t for t in plan.skipped if t.video_id not in plan.finished_before]
     if newly_skipped:
         rows = [skipped_row(t, plan.run_id, plan.model_version) for t in newly_skipped]
@@ -260,6 +353,7 @@ def commit_run(plan: RunPlan, summary: RunSummary) -> None:
     record = {
         "ok": summary.ok,
         "failed": summary.failed,
+        "partial": summary.partial,
         "skipped": summary.skipped,
         "frames": summary.frames,
         "seconds": round(summary.seconds, 3),
@@ -280,12 +374,28 @@ def run_archive(
     model_version: str,
     on_planned: Callable[[int], None] | None = None,
     on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+    claim: Claim | None = None,
 ) -> RunSummary:
     """The whole job: discover → plan → execute → commit (``derain run``; the flow's steps).
 
-    Raises :class:`~pipeline.errors.RunStopped` (after committing) when the breaker trips.
+    The destination is claimed for the run (:mod:`pipeline.job.claim`): pass ``claim`` when
+    the caller holds it already, else it is taken here and released at the end. Raises
+    :class:`~pipeline.job.claim.ClaimedError` when another live run holds it, and
+    :class:`~pipeline.errors.RunStopped` (after committing) when the breaker trips.
     """
+    if claim is None:
+        with claim_destination(job) as held:
+            return run_archive(
+                job,
+                runner,
+                model_name=model_name,
+                model_version=model_version,
+                on_planned=on_planned,
+                on_result=on_result,
+                claim=held,
+            )
     plan = plan_run(job, discover(job), model_name=model_name, model_version=model_version)
+    claim.set_run_id(plan.run_id)
     if on_planned:
         on_planned(len(plan.todo))
     summary = execute_run(plan, runner, on_result)

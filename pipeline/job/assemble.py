@@ -68,7 +68,8 @@ def split_long_videos(
 def merge_rows(rows: list[VideoRow]) -> VideoRow:
     """One videos row from the rows of a video's segments (in segment order)."""
     first = rows[0]
-    failed = [(i, r) for i, r in enumerate(rows) if r.status != "ok"]
+    failed = [(i, r) for i, r in enumerate(rows) if r.status not in ("ok", "partial")]
+    partial = [(i, r) for i, r in enumerate(rows) if r.status == "partial"]
     started = min(r.started_at for r in rows)
     finished = max(r.finished_at for r in rows)
     merged = replace(
@@ -85,6 +86,11 @@ def merge_rows(rows: list[VideoRow]) -> VideoRow:
         merged.error_type = bad.error_type
         merged.error_message = f"segment {index + 1}/{len(rows)}: {bad.error_message}"
         return merged
+    if partial:
+        index, short = partial[0]
+        merged.status = "partial"
+        merged.error_type = short.error_type
+        merged.error_message = f"segment {index + 1}/{len(rows)}: {short.error_message}"
     ok_rows = [r for r in rows if r.frames]
     seconds = (finished - started).total_seconds()
     merged.fps, merged.width, merged.height = first.fps, first.width, first.height
@@ -128,9 +134,10 @@ class SegmentJoiner:
         unexpected = any(parts[i].unexpected for i in range(task.segments))
         whole = replace(task, segment=None, segments=1)
         merged = merge_rows([r for r, _ in ordered])
-        part_urls = [r.output_url for r, _ in ordered if r.status == "ok" and r.frames]
+        done = ("ok", "partial")
+        part_urls = [r.output_url for r, _ in ordered if r.status in done and r.frames]
         try:
-            if merged.status == "ok":
+            if merged.status in done:
                 merged.output_url = self._join(whole, part_urls)
         except (VideoError, StorageError, OSError) as exc:
             merged.status = "failed"
@@ -138,7 +145,7 @@ class SegmentJoiner:
         finally:
             self._delete([r.output_url for r, _ in ordered if r.output_url])
         merged.finished_at = datetime.now(UTC)
-        if merged.status != "ok":
+        if merged.status not in done:
             return TaskResult(whole, merged, None, unexpected)
         return TaskResult(whole, merged, merge_frames([f for _, f in ordered]))
 

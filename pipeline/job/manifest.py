@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.errors import StorageError
 from pipeline.io.storage import Location, retry
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class ManifestStore:
             f"{video_id}-{uuid.uuid4().hex[:8]}.parquet"
         )
         path = self.location.path(relative)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.makedirs(posixpath.dirname(path))
         tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}")
 
         def write() -> None:
@@ -176,8 +177,24 @@ class ManifestStore:
             else:
                 pq.write_table(table, path, filesystem=self.fs)  # S3 PUT is all-or-nothing
 
-        retry(write, what=f"write {relative}")
+        self._retry(write, relative)
         return relative
+
+    def makedirs(self, path: str) -> None:
+        """Folders exist only on a local filesystem; on object storage s3fs's makedirs would
+        create a missing bucket, which derain never does."""
+        if self.location.protocol == "file":
+            self.fs.makedirs(path, exist_ok=True)
+
+    def _retry(self, fn, relative: str) -> None:
+        try:
+            retry(fn, what=f"write {relative}")
+        except Exception as exc:
+            raise StorageError(
+                f"writing the manifest file {self.location.url(relative)} failed "
+                f"({type(exc).__name__}: {str(exc)[:200]}); the run is not committed: run "
+                "again to resume it (finished videos are kept)"
+            ) from exc
 
     def write_videos(self, rows: list[VideoRow], *, shard: str) -> list[str]:
         """Several videos rows in one shard file (e.g. the run's skipped videos)."""
@@ -205,9 +222,9 @@ class ManifestStore:
 
     def _put_json(self, relative: str, data: dict[str, Any]) -> None:
         path = self.location.path(relative)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.makedirs(posixpath.dirname(path))
         payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-        retry(lambda: self.fs.pipe_file(path, payload), what=f"write {relative}")
+        self._retry(lambda: self.fs.pipe_file(path, payload), relative)
 
     def begin_run(self, run_id: str, plan: dict[str, Any]) -> None:
         self._put_json(f"_runs/{run_id}.json", {"run_id": run_id, **plan})

@@ -176,7 +176,7 @@ def write_report(store: ManifestStore, report: RunReport) -> str:
     """``reports/run=RUN/report.md`` and its PNGs beside the manifests; returns the .md URL."""
     key = report_key(report.run_id)
     folder = store.location.path(posixpath.dirname(key))
-    store.fs.makedirs(folder, exist_ok=True)
+    store.makedirs(folder)  # never a bucket
     for name, png in report.images.items():
         store.fs.pipe_file(posixpath.join(folder, name), png)
     # The Markdown goes last: a reader who finds it finds its images too.

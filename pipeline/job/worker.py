@@ -99,6 +99,13 @@ def process_task(
             key = task.output_key if task.segment is None else task.part_key(context.run_id)
             row.output_url = put_file(local_output, destination, key)
         row.status = "ok"
+        if result.incomplete:  # output kept, but the manifest and the exit code say so
+            row.status, row.error_type, row.error_message = (
+                "partial",
+                "IncompleteDecode",
+                result.incomplete,
+            )
+            logger.warning("%s: partial: %s", task.source.url, result.incomplete)
         row.frames, row.fps = result.frames, result.fps
         row.width, row.height = result.width, result.height
         row.frames_per_second = result.frames / result.seconds if result.seconds else None

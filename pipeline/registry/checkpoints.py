@@ -33,3 +33,14 @@ def load_model(checkpoint: str | Path | None = None, *, device: str = "cpu") -> 
 
     with checkpoint_errors():
         return load_checkpoint(checkpoint, device=device)
+
+
+def verify_checkpoint(checkpoint: str | Path | None = None):
+    """Load a local checkpoint once on the CPU and throw it away; its ``ModelInfo``.
+
+    The driver calls this before any worker starts or any video is touched, so a bad config,
+    unreadable or mismatched weights fail once, as one :class:`CheckpointError` line naming
+    the file, instead of in every Ray actor (where torch may abort the process).
+    """
+    _, info = load_model(checkpoint, device="cpu")
+    return info

@@ -7,6 +7,7 @@ recorded once. :func:`build_runner` is what ``derain run`` and the ``derain-arch
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
@@ -42,6 +43,14 @@ class RunnerSettings:
             raise UsageError(f"runner {self.kind!r}: choose one of {list(RUNNER_KINDS)}")
         if self.workers < 1:
             raise UsageError(f"workers must be at least 1, not {self.workers}")
+
+    @property
+    def runs_here(self) -> bool:
+        """True when the workers run on this machine (sequential, or a local Ray started here),
+        so this machine's devices are theirs."""
+        if self.kind == "sequential":
+            return True
+        return self.address in (None, "local") and not os.environ.get("RAY_ADDRESS")
 
 
 class SequentialRunner:

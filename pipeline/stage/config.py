@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.io.video import EncodeOptions
+from pipeline.stage.device import check_device_name
 
 # Numeric precision of the network on its device. Only fp32 for now (bf16 autocast is planned).
 PRECISIONS = ("fp32",)
@@ -53,6 +54,7 @@ class StageConfig:
             raise UsageError(f"cpus per worker must be positive, not {self.cpus}")
         if not str(self.device).strip():
             raise UsageError("device is empty: give auto, cpu, cuda or cuda:N")
+        check_device_name(self.device)
 
     @property
     def resources(self) -> Resources:

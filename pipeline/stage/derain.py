@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.overlap import BackgroundSink, prefetch
-from pipeline.io.video import VideoWriter, probe, read_chunks
+from pipeline.io.video import DecodeReport, VideoWriter, probe, read_chunks
 from pipeline.stage.config import Resources, StageConfig
 from pipeline.stage.segments import Segment
 
@@ -51,6 +51,8 @@ class VideoResult:
     # One frame in the middle of the video, before and after (h, w, 3) uint8, for reports.
     thumbnail_before: np.ndarray | None = None
     thumbnail_after: np.ndarray | None = None
+    # Why the decode was incomplete ("decoded N of M declared frames: ..."); None: complete.
+    incomplete: str | None = None
 
     @property
     def alpha_mean(self) -> float:
@@ -224,6 +226,7 @@ class DerainStage:
         info = probe(source)
         segment = segment or Segment(0, 0, None, 0)
         stats: list[FrameStats] = []
+        decode_report = DecodeReport()
         with VideoWriter(
             output,
             fps=info.fps,
@@ -239,6 +242,7 @@ class DerainStage:
                 start=segment.warm_start,
                 stop=segment.stop,
                 info=info,
+                report=decode_report,
             )
             # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
             middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None
@@ -272,4 +276,5 @@ class DerainStage:
             frame_stats=stats,
             thumbnail_before=thumbs.get("before"),
             thumbnail_after=thumbs.get("after"),
+            incomplete=decode_report.shortfall((segment.stop or info.frames) - segment.warm_start),
         )
