@@ -271,8 +271,13 @@ def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
         expected[key.rsplit(".", 1)[0] + ".mkv"] = (frames, w, h, rates[i % 4])
     fs.pipe(f"{bucket}/in/sneaky/../../escape.mp4", b"x")
     summary = run_on_ray(bucket, options, tiny_checkpoint, workers=2, clips_per_worker=2)
-    assert (summary.ok, summary.failed) == (20, 0)
+    # The '..' key is accounted for with a failed row of its own (never downloaded).
+    assert (summary.ok, summary.failed) == (20, 1)
     assert not fs.exists(f"{bucket}/escape.mkv") and not fs.exists(f"{bucket}/escape.mp4")
+    failed = [
+        r for r in store_of(bucket, options).read("videos").to_pylist() if r["status"] == "failed"
+    ]
+    assert len(failed) == 1 and ".." in failed[0]["source_key"]
     from pipeline.io.video import probe
 
     for key, (frames, w, h, fps) in expected.items():
@@ -281,4 +286,4 @@ def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
         info = probe(local)
         assert (info.frames, info.width, info.height, info.fps) == (frames, w, h, fps), key
     videos = store_of(bucket, options).read("videos").to_pylist()
-    assert len({r["worker"] for r in videos}) == 2  # both actors took work
+    assert len({r["worker"] for r in videos if r["status"] == "ok"}) == 2  # both actors worked

@@ -243,6 +243,9 @@ class ManifestStore:
     # -- reading ---------------------------------------------------------------------------
     def _read_json_dir(self, folder: str) -> list[dict[str, Any]]:
         path = self.location.path(folder)
+        # Other processes (a concurrent run, a test's own client) change these folders: never
+        # answer from s3fs's listing cache.
+        self.fs.invalidate_cache(path)
         if not self.fs.exists(path):
             return []
         records = []
