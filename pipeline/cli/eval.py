@@ -16,7 +16,11 @@ def eval_command(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint()
     with usage_errors(MissingContentError):
         record, table = evaluate_checkpoint(
-            checkpoint, args.single_checkpoint, frames=args.frames, crop=args.crop
+            checkpoint,
+            args.single_checkpoint,
+            frames=args.frames,
+            crop=args.crop,
+            precision=getattr(args, "precision", "fp32"),
         )
     write_evaluation(record, table, args.out)
     print(table)
