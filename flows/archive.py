@@ -146,7 +146,7 @@ def derain_archive(
     crf: int = 18,
     device: str = "auto",
     precision: str = "auto",
-    tile_pixels: int = DEFAULT_TILE_PIXELS,
+    tile_pixels: int | None = DEFAULT_TILE_PIXELS,
     memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB,
     max_videos: int | None = None,
     force: bool = False,

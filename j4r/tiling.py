@@ -117,7 +117,8 @@ def plan_tiles(height: int, width: int, max_pixels: int, overlap: int) -> TileGr
     Raises ``ValueError`` when tiles that small cannot hold ``overlap`` on both sides.
     """
     if height * width <= max_pixels:
-        return TileGrid(height, width, tuple(plan_spans(height, 1, 0)), tuple(plan_spans(width, 1, 0)))
+        rows, cols = plan_spans(height, 1, 0), plan_spans(width, 1, 0)
+        return TileGrid(height, width, tuple(rows), tuple(cols))
     best: tuple[int, int, int] | None = None
     for ny in range(1, max(1, height // max(1, overlap)) + 2):
         th = _tile_length(height, ny, overlap)
@@ -210,6 +211,8 @@ def derain_tiled_frame(
         streak_sum += float(out.streaks[0, 0, ys, xs].float().abs().sum(dtype=torch.float64))
         input_luma = rgb_to_ycbcr(rgb[0, :, ys, xs])[0].cpu()
         change_sum += float((background[ys, xs] - input_luma).abs().sum(dtype=torch.float64))
+        # Let this tile's memory and outputs go before the next tile's step allocates its own.
+        del memory, out, rgb, background, prob, input_luma
     out_hw3 = torch.empty_like(frame_hw3_u8)
     for top in range(0, h, band_rows):
         band = frame_hw3_u8[top : top + band_rows].permute(2, 0, 1).float().div_(255.0)

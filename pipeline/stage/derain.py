@@ -297,7 +297,8 @@ class DerainStage:
         check_frame_fits(
             info.width, info.height, self.config, self.channels, lossless=self.options.lossless
         )
-        grid = tiles_for(info.width, info.height, self.config)
+        grid = tiles_for(info.width, info.height, self.config, self.channels)
+        chunk_frames = chunk_frames_for(info.width, info.height, self.config)
         segment = segment or Segment(0, 0, None, 0)
         stats: list[FrameStats] = []
         with VideoWriter(
@@ -311,7 +312,7 @@ class DerainStage:
             # Decode ahead and encode behind the network, two chunks of slack each way.
             decoded = read_chunks(
                 source,
-                chunk_frames_for(info.width, info.height, self.config),
+                chunk_frames,
                 start=segment.warm_start,
                 stop=segment.stop,
                 info=info,
@@ -319,8 +320,11 @@ class DerainStage:
             # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
             middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None
             thumbs: dict[str, np.ndarray] = {}
-            chunks = prefetch(tap_frame(decoded, middle, thumbs, "before"), depth=2)
-            sink = BackgroundSink(writer.write, depth=2)
+            # Frames so big that a chunk is one frame (8K: 100 MB each) keep one chunk of slack:
+            # the network takes minutes per such frame, decoding a second.
+            slack = 2 if chunk_frames > 1 else 1
+            chunks = prefetch(tap_frame(decoded, middle, thumbs, "before"), depth=slack)
+            sink = BackgroundSink(writer.write, depth=slack)
             if self.batcher:
                 self.batcher.register()
             try:

@@ -22,9 +22,12 @@ MIB = 2**20
 # Calibrated on this project's machine with the shipped model (README, "Speed and memory"):
 # torch, FFmpeg, Arrow and the model before the first frame.
 BASE_BYTES = 450 * MIB
-# Activations of one J4R-Net step, per pixel and per channel of the network (fp32).
-ACTIVATION_BYTES_PER_PX_CHANNEL = 9.0
-# Decoded and de-rained chunks alive at once: the decode queue (2), the one being decoded,
+# Peak activations of one J4R-Net step, per pixel and per channel of the network (fp32):
+# measured 1.3 GB of RSS swing per 2.1 MPx tile with the shipped 24-channel model.
+ACTIVATION_BYTES_PER_PX_CHANNEL = 27.0
+# Share of the memory limit one tile's activations may take when the budget is automatic.
+TILE_SHARE = 1 / 3
+# Decoded and de-rained chunks alive at once (at most): the decode queue (2), the one decoded,
 # the one being de-rained, the output being built, the encode queue (2), the one encoding.
 CHUNKS_IN_FLIGHT = 8
 
@@ -34,25 +37,38 @@ def chunk_frames_for(width: int, height: int, config: StageConfig) -> int:
     return max(1, min(config.chunk_frames, config.chunk_pixels // max(1, width * height)))
 
 
-def tiles_for(width: int, height: int, config: StageConfig):
+def tile_budget(config: StageConfig, channels: int) -> int:
+    """Most pixels per step: ``config.tile_pixels``, or (None) a third of the memory limit's
+    worth of activations for a network this wide; 0 means never tile."""
+    if config.tile_pixels is not None:
+        return config.tile_pixels
+    budget = config.memory_limit_mb * MIB * TILE_SHARE
+    return max(
+        16 * max(1, config.tile_overlap) ** 2,
+        int(budget / (ACTIVATION_BYTES_PER_PX_CHANNEL * channels)),
+    )
+
+
+def tiles_for(width: int, height: int, config: StageConfig, channels: int):
     """The :class:`j4r.tiling.TileGrid` for this frame size, or None to run frames whole."""
     from j4r.tiling import plan_tiles
 
-    if not config.tile_pixels or width * height <= config.tile_pixels:
+    budget = tile_budget(config, channels)
+    if not budget or width * height <= budget:
         return None
-    return plan_tiles(height, width, config.tile_pixels, config.tile_overlap)
+    return plan_tiles(height, width, budget, config.tile_overlap)
 
 
 def state_bytes(width: int, height: int, config: StageConfig, channels: int) -> int:
     """Bytes of one clip's recurrent memory (fp32), over all its tiles."""
-    grid = tiles_for(width, height, config)
+    grid = tiles_for(width, height, config, channels)
     pixels = grid.covered_pixels if grid is not None else width * height
     return 4 * channels * pixels
 
 
 def spills(width: int, height: int, config: StageConfig, channels: int) -> bool:
     """Whether a tiled clip's memories go to a temp file (over an eighth of the limit)."""
-    if tiles_for(width, height, config) is None:
+    if tiles_for(width, height, config, channels) is None:
         return False
     return state_bytes(width, height, config, channels) > config.memory_limit_mb * MIB / 8
 
@@ -62,7 +78,7 @@ def estimate_peak_bytes(
 ) -> int:
     """A worker's peak memory for one clip of this frame size (an estimate, from the header)."""
     pixels = width * height
-    grid = tiles_for(width, height, config)
+    grid = tiles_for(width, height, config, channels)
     frames = chunk_frames_for(width, height, config)
     total = BASE_BYTES + CHUNKS_IN_FLIGHT * frames * pixels * 3
     total += pixels * 1.5 * (2 if lossless else 12)  # encoder: x264 lookahead (capped) or FFV1
@@ -87,7 +103,7 @@ def check_frame_fits(
     if peak > config.memory_limit_mb * MIB:
         raise VideoError(
             f"{width}x{height} frames need about {peak / MIB:,.0f} MiB on a worker even in "
-            f"tiles of {config.tile_pixels:,} px, over its limit of "
+            f"tiles of {tile_budget(config, channels):,} px, over its limit of "
             f"{config.memory_limit_mb:,.0f} MiB (raise --memory-limit-mb on bigger workers)"
         )
 
@@ -109,7 +125,8 @@ class SpilledMemories:
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         self.sizes = sizes
         self.present = [False] * len(shapes)
-        self._file = tempfile.TemporaryFile(prefix="derain-tiles-", dir=directory)
+        # Closed by close() (TiledClip.close, at the end of the clip's stream).
+        self._file = tempfile.TemporaryFile(prefix="derain-tiles-", dir=directory)  # noqa: SIM115
         self._fd = self._file.fileno()
 
     def __len__(self) -> int:
@@ -156,7 +173,7 @@ class TiledClip:
     def for_frame(
         cls, width: int, height: int, config: StageConfig, channels: int, device: str
     ) -> TiledClip | None:
-        grid = tiles_for(width, height, config)
+        grid = tiles_for(width, height, config, channels)
         if grid is None:
             return None
         if spills(width, height, config, channels):

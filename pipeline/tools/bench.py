@@ -214,7 +214,7 @@ def _tiles(stage, video: str) -> int:
     from pipeline.stage.tiles import tiles_for
 
     info = probe(video)
-    grid = tiles_for(info.width, info.height, stage.config)
+    grid = tiles_for(info.width, info.height, stage.config, stage.channels)
     return len(grid) if grid is not None else 1
 
 
