@@ -38,7 +38,7 @@ from pipeline.job.archive import (
     plan_run,
 )
 from pipeline.runtime.runners import RunnerSettings
-from pipeline.stage.config import StageConfig
+from pipeline.stage.config import DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TILE_PIXELS, StageConfig
 from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
 
 FLOW_NAME = "derain-archive"
@@ -150,6 +150,9 @@ def derain_archive(
     lossless: bool = False,
     crf: int = 18,
     device: str = "auto",
+    precision: str = "auto",
+    tile_pixels: int | None = DEFAULT_TILE_PIXELS,
+    memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB,
     max_videos: int | None = None,
     force: bool = False,
     model_version: str = "latest",
@@ -160,6 +163,9 @@ def derain_archive(
 ) -> dict[str, Any]:
     """De-rain every new or changed video under ``source`` into ``destination``.
 
+    ``precision`` (auto, fp32, bf16) is resolved on each worker's device and recorded in the
+    videos rows; frames over ``tile_pixels`` run as tiles; a video whose frames would need more
+    than ``memory_limit_mb`` on a worker even in tiles fails alone.
     Videos already done by the same model version are skipped; an interrupted run resumes.
     ``model_version`` ``latest`` means the registry's latest (or the shipped checkpoint when
     there is no registry). With ``fail_on_video_errors`` the flow run ends failed when any
@@ -198,6 +204,9 @@ def derain_archive(
         checkpoint=None,
         checkpoint_options=options,
         device=device,
+        precision=precision,
+        tile_pixels=tile_pixels,
+        memory_limit_mb=memory_limit_mb,
         encode=encode,
         clips_per_batch=clips_per_worker,
         cpus=cpus_per_worker,

@@ -48,6 +48,14 @@ def test_bench_writes_consistent_figures(tmp_path, tiny_checkpoint, capsys):
             "24",
             "--device",
             "cpu",
+            "--bf16-frames",
+            "2",
+            "--drift-frames",
+            "20",
+            "--big",
+            "64x48",
+            "--big-frames",
+            "2",
             "--out",
             str(out),
         ]
@@ -59,4 +67,11 @@ def test_bench_writes_consistent_figures(tmp_path, tiny_checkpoint, capsys):
     assert r["achieved_gflops"] == pytest.approx(r["gflops_per_frame"] * r["model_only_fps"])
     assert 0 < r["gflops_per_frame"] < 1 and r["matmul_ceiling_gflops"] > 0
     assert r["peak_rss_short_mib"] > 50
+    assert r["precision_auto"] in ("fp32", "bf16") and isinstance(r["cpu_flags"], list)
+    assert r["bf16_over_fp32"] == pytest.approx(r["model_only_fps_bf16"] / r["model_only_fps"])
+    for key in ("matmul_ceiling_bf16_gflops", "conv_ceiling_gflops", "conv_ceiling_bf16_gflops"):
+        assert r[key] > 0
+    assert r["drift_frames"] == 20 and r["drift_psnr_last_db"] > 30
+    assert (r["big_width"], r["big_frames"], r["big_tiles"]) == (64, 2, 1)
+    assert r["big_peak_rss_mib"] > 50
     assert "end-to-end / model-only" in capsys.readouterr().out

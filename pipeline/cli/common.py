@@ -8,7 +8,12 @@ from typing import Any
 from pipeline.io.storage import parse_storage_options
 from pipeline.io.video import EncodeOptions
 from pipeline.runtime.runners import RunnerSettings
-from pipeline.stage.config import StageConfig
+from pipeline.stage.config import (
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_TILE_OVERLAP,
+    DEFAULT_TILE_PIXELS,
+    StageConfig,
+)
 
 
 def storage_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -23,6 +28,10 @@ def stage_config(args: argparse.Namespace) -> StageConfig:
         checkpoint=str(checkpoint) if checkpoint else None,
         device=getattr(args, "device", "auto"),
         chunk_frames=getattr(args, "chunk_frames", 16),
+        precision=getattr(args, "precision", "auto"),
+        tile_pixels=getattr(args, "tile_pixels", DEFAULT_TILE_PIXELS),
+        tile_overlap=getattr(args, "tile_overlap", DEFAULT_TILE_OVERLAP),
+        memory_limit_mb=getattr(args, "memory_limit_mb", DEFAULT_MEMORY_LIMIT_MB),
         clips_per_batch=getattr(args, "clips_per_worker", 1),
         encode=EncodeOptions(
             lossless=getattr(args, "lossless", False), crf=getattr(args, "crf", 18)

@@ -22,7 +22,12 @@ def eval_command(args: argparse.Namespace) -> int:
     with usage_errors(MissingContentError, ValueError):
         sets = parse_sets(args.sets)
         record, table = evaluate_checkpoint(
-            checkpoint, args.single_checkpoint, frames=args.frames, crop=args.crop, sets=sets
+            checkpoint,
+            args.single_checkpoint,
+            frames=args.frames,
+            crop=args.crop,
+            sets=sets,
+            precision=getattr(args, "precision", "fp32"),
         )
     write_evaluation(record, table, args.out)
     print(table)

@@ -16,6 +16,11 @@ from pathlib import Path
 
 from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from pipeline.errors import DerainError, UsageError
+from pipeline.stage.config import (
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_TILE_OVERLAP,
+    DEFAULT_TILE_PIXELS,
+)
 from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAMES
 
 logger = logging.getLogger("derain")
@@ -32,6 +37,16 @@ def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra fsspec/s3fs option, e.g. anon=true (credentials: use the AWS chain)",
+    )
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="network precision: auto (default) is bf16 on CUDA with bf16 and on CPUs with AMX "
+        "or AVX512-BF16, fp32 elsewhere (bf16 is far slower than fp32 on other CPUs)",
     )
 
 
@@ -54,6 +69,28 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded at a time")
+    _add_precision(p)
+    p.add_argument(
+        "--tile-pixels",
+        type=int,
+        default=DEFAULT_TILE_PIXELS,
+        help="frames with more pixels run as overlapping tiles of at most this many, each with "
+        "its own recurrent memory (default: sized to --memory-limit-mb and the network's width; "
+        "shipped model and 4 GiB: 2.2 MPx, so 1920x1080 runs whole; 0: never tile)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=DEFAULT_TILE_OVERLAP,
+        help=f"pixels neighbouring tiles share, blended (default {DEFAULT_TILE_OVERLAP})",
+    )
+    p.add_argument(
+        "--memory-limit-mb",
+        type=float,
+        default=DEFAULT_MEMORY_LIMIT_MB,
+        help="memory per worker: a video whose frames would need more even in tiles fails alone "
+        f"before decoding (default {DEFAULT_MEMORY_LIMIT_MB})",
+    )
     p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
     p.add_argument("--force", action="store_true", help="redo videos a manifest marks done")
     p.add_argument("--max-videos", type=int, help="process at most this many videos")
@@ -190,6 +227,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="comma-separated test sets to score",
     )
     p.add_argument("--no-samples", action="store_true", help="skip the before/after PNGs")
+    _add_precision(p)
     p.set_defaults(handler=_lazy("pipeline.cli.eval:eval_command"))
 
 
@@ -266,9 +304,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="throughput and memory: model-only vs end-to-end, FLOP efficiency, peak RSS",
-        description="Prints a table and writes JSON: model-only and end-to-end frames/s on the "
-        "same frames and device, GFLOPs per frame against a matmul ceiling measured in the same "
-        "run, and peak RSS for a short and a 10x longer video.",
+        description="Prints a table and writes JSON: model-only frames/s in fp32 and bf16 and "
+        "end-to-end frames/s on the same frames and device, GFLOPs per frame against fp32 and "
+        "bf16 matmul and 3x3-conv ceilings measured in the same run, bf16-vs-fp32 drift over a "
+        "long clip, peak RSS for a short and a 10x longer video and for a tiled 4K video.",
     )
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
     p.add_argument("--device", default="auto")
@@ -281,6 +320,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="frames of the short video (past x264's 40-frame lookahead, so both are steady)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    _add_precision(p)
+    p.add_argument("--bf16-frames", type=int, default=3, help="frames of the bf16 model-only leg")
+    p.add_argument(
+        "--drift-frames",
+        type=int,
+        default=3000,
+        help="bf16-vs-fp32 drift check over this many 16x16 frames (0: skip)",
+    )
+    p.add_argument(
+        "--big",
+        default="3840x2160",
+        help="WIDTHxHEIGHT of the big-frame run (tiles; peak RSS), or none (default 3840x2160)",
+    )
+    p.add_argument("--big-frames", type=int, default=2, help="frames of the big-frame video")
     p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
     p.set_defaults(handler=_lazy("pipeline.cli.bench:bench_command"))
 

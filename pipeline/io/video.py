@@ -342,6 +342,19 @@ def copy_audio(audio, out_container) -> None:
         container.close()
 
 
+# x264 keeps up to rc-lookahead frames (40 at preset medium) in flight: 2 GB at 8K. Frames
+# above 1080p get a shorter lookahead so that the frames it holds stay near this many pixels.
+X264_LOOKAHEAD_PIXELS = 2**27
+
+
+def _x264_bounds(width: int, height: int) -> dict[str, str]:
+    """Encoder options that bound memory for big frames; none for 1080p and smaller."""
+    lookahead = X264_LOOKAHEAD_PIXELS // max(1, width * height)
+    if lookahead >= 40:
+        return {}
+    return {"rc-lookahead": str(max(4, lookahead))}
+
+
 class VideoWriter:
     """Encode frames to a temp file; :meth:`commit` renames it to ``final_path``.
 
@@ -371,7 +384,11 @@ class VideoWriter:
             stream = self._container.add_stream("libx264", rate=rate)
             # 4:2:0 needs even sizes; odd-sized videos keep full chroma instead.
             stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-            stream.options = {"crf": str(options.crf), "preset": "medium"}
+            stream.options = {
+                "crf": str(options.crf),
+                "preset": "medium",
+                **_x264_bounds(width, height),
+            }
         stream.width, stream.height = width, height
         stream.time_base = 1 / rate
         self._stream = stream

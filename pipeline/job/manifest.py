@@ -29,7 +29,7 @@ from pipeline.io.storage import Location, retry
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: videos rows record precision and tiles (shards of 1 read as null)
 
 
 def videos_schema():
@@ -56,6 +56,8 @@ def videos_schema():
             ("model_version", pa.string()),
             ("model_sha256", pa.string()),
             ("device", pa.string()),
+            ("precision", pa.string()),
+            ("tiles", pa.int32()),
             ("worker", pa.string()),
             ("started_at", ts),
             ("finished_at", ts),
@@ -103,6 +105,8 @@ class VideoRow:
     model_version: str | None = None
     model_sha256: str | None = None
     device: str | None = None
+    precision: str | None = None  # resolved on the worker: fp32 or bf16
+    tiles: int | None = None  # tiles per frame (1: frames ran whole)
     worker: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -83,6 +83,7 @@ def process_task(
         model_version=stage.info.version,
         model_sha256=stage.info.sha256,
         device=stage.device,
+        precision=stage.precision,
         worker=worker or socket.gethostname(),
         started_at=datetime.now(UTC),
     )
@@ -108,6 +109,7 @@ def process_task(
             logger.warning("%s: partial: %s", task.source.url, result.incomplete)
         row.frames, row.fps = result.frames, result.fps
         row.width, row.height = result.width, result.height
+        row.tiles = result.tiles
         row.frames_per_second = result.frames / result.seconds if result.seconds else None
         row.alpha_mean = result.alpha_mean
         frames = frame_rows(result, task.segment.start if task.segment else 0)

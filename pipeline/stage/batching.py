@@ -30,8 +30,11 @@ class StepBatcher:
     a clip that is busy decoding never holds the others back for long.
     """
 
-    def __init__(self, model, *, max_batch: int = 8, max_wait_s: float = 0.005):
+    def __init__(
+        self, model, *, max_batch: int = 8, max_wait_s: float = 0.005, precision: str = "fp32"
+    ):
         self.model = model
+        self.precision = precision  # resolved: fp32 or bf16
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._lock = threading.Condition()
@@ -98,7 +101,9 @@ class StepBatcher:
                 r.memory if r.memory is not None else self.model.initial_state(r.rgb_b3hw[:, :1])
                 for r in batch
             ]
-            derained, out, memory = derain_rgb_step(self.model, rgb, torch.cat(memories))
+            derained, out, memory = derain_rgb_step(
+                self.model, rgb, torch.cat(memories), self.precision
+            )
         except BaseException as exc:
             for r in batch:
                 r.future.set_exception(exc)

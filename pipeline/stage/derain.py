@@ -23,6 +23,7 @@ from pipeline.io.overlap import BackgroundSink, prefetch
 from pipeline.io.video import DecodeReport, VideoWriter, probe, read_chunks
 from pipeline.stage.config import Resources, StageConfig
 from pipeline.stage.segments import Segment
+from pipeline.stage.tiles import check_frame_fits, chunk_frames_for, tiles_for
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class VideoResult:
     height: int
     seconds: float
     frame_stats: list[FrameStats] = field(default_factory=list)
+    precision: str = "fp32"  # resolved: fp32 or bf16
+    tiles: int = 1  # tiles per frame (1: frames ran whole)
     # One frame in the middle of the video, before and after (h, w, 3) uint8, for reports.
     thumbnail_before: np.ndarray | None = None
     thumbnail_after: np.ndarray | None = None
@@ -94,6 +97,19 @@ def frame_stats(out, luma_b1hw) -> list[FrameStats]:
     ]
 
 
+def resolve_stage_precision(requested: str, device: str) -> str:
+    """``auto``/``fp32``/``bf16`` on a resolved device (``cpu``, ``cuda:1``) -> fp32 or bf16."""
+    from j4r.precision import resolve_precision
+
+    return resolve_precision(requested, str(device).split(":")[0])
+
+
+def prepare_for_precision(model, precision: str):
+    from j4r.model import prepare_for_precision as prepare
+
+    return prepare(model, precision)
+
+
 @functools.cache
 def _libc():
     try:
@@ -115,32 +131,72 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
+def tiled_frame_stats(stats) -> FrameStats:
+    """:class:`FrameStats` of a tiled frame from its tiles' sums (p95 to 1/4096)."""
+    return FrameStats(
+        alpha_mean=stats.alpha_sum / stats.pixels,
+        alpha_frac=stats.alpha_over_half / stats.pixels,
+        alpha_p95=stats.alpha_quantile(0.95),
+        streak_mean=stats.streak_abs_sum / stats.pixels,
+        change_mean=stats.change_sum / stats.pixels,
+    )
+
+
 def derain_frames(
-    step: Callable, chunks_thwc_u8: Iterable[np.ndarray], *, device: str
+    step: Callable,
+    chunks_thwc_u8: Iterable[np.ndarray],
+    *,
+    device: str,
+    make_tiles: Callable[[int, int], object] | None = None,
 ) -> Iterator[tuple[np.ndarray, list[FrameStats]]]:
     """Stream chunks of one clip through ``step``, carrying its memory across chunks.
 
     ``step(rgb (1, 3, h, w), memory) -> (rgb, StepOutput, memory)`` is the network on its own
     (:func:`j4r.model.derain_rgb_step`) or a :class:`~pipeline.stage.batching.StepBatcher` that
-    runs it for several clips at once.
+    runs it for several clips at once. ``make_tiles(width, height)``: a
+    :class:`~pipeline.stage.tiles.TiledClip` for frames that run as tiles (each tile keeps its
+    own memory, carried across chunks the same way), or None to run them whole.
     """
 
     from j4r.color import rgb_to_luma
 
     memory = None
-    for chunk in chunks_thwc_u8:
-        # Converted frame by frame into one preallocated uint8 chunk: whole-chunk float
-        # copies (cat, clamp, scale: ~15 MB each at 320x240 x 16 frames) were the largest
-        # transient allocations per chunk and made the heap swing by ~50 MB.
-        derained_thwc_u8 = np.empty_like(chunk)
-        stats: list[FrameStats] = []
-        for t in range(len(chunk)):
-            frame = frames_thwc_u8_to_tchw_float(chunk[t : t + 1], device)
-            derained, out, memory = step(frame, memory)
-            derained_thwc_u8[t] = tchw_float_to_frames_thwc_u8(derained)[0]
-            stats += frame_stats(out, rgb_to_luma(frame))
-        yield derained_thwc_u8, stats
-        release_free_memory()
+    tiled = None
+    started = False
+    try:
+        for chunk in chunks_thwc_u8:
+            if not started:
+                started = True
+                tiled = make_tiles(chunk.shape[2], chunk.shape[1]) if make_tiles else None
+            # Converted frame by frame into one preallocated uint8 chunk: whole-chunk float
+            # copies (cat, clamp, scale: ~15 MB each at 320x240 x 16 frames) were the largest
+            # transient allocations per chunk and made the heap swing by ~50 MB.
+            derained_thwc_u8 = np.empty_like(chunk)
+            stats: list[FrameStats] = []
+            for t in range(len(chunk)):
+                if tiled is not None:
+                    derained_thwc_u8[t], tile_stats = _tiled_frame(step, chunk[t], tiled, device)
+                    stats.append(tiled_frame_stats(tile_stats))
+                    continue
+                frame = frames_thwc_u8_to_tchw_float(chunk[t : t + 1], device)
+                derained, out, memory = step(frame, memory)
+                derained_thwc_u8[t] = tchw_float_to_frames_thwc_u8(derained)[0]
+                stats += frame_stats(out, rgb_to_luma(frame))
+            yield derained_thwc_u8, stats
+            release_free_memory()
+    finally:
+        if tiled is not None:
+            tiled.close()
+
+
+def _tiled_frame(step: Callable, frame_hw3_u8: np.ndarray, tiled, device: str):
+    import torch
+
+    from j4r.tiling import derain_tiled_frame
+
+    frame = torch.from_numpy(np.ascontiguousarray(frame_hw3_u8))
+    out, stats = derain_tiled_frame(step, frame, tiled.grid, tiled.memories, device=device)
+    return out.numpy(), stats
 
 
 def tap_frame(
@@ -177,6 +233,8 @@ class DerainStage:
         self.model = None
         self.info = None
         self.device = "cpu"
+        self.precision = "fp32"  # resolved in setup()
+        self.channels = 0
 
     @property
     def resources(self) -> Resources:
@@ -194,18 +252,31 @@ class DerainStage:
 
             checkpoint = fetch_checkpoint(checkpoint, dict(self.config.checkpoint_options))
         self.model, self.info = load_model(checkpoint, device=self.device)
+        self.precision = resolve_stage_precision(self.config.precision, self.device)
+        prepare_for_precision(self.model, self.precision)
+        self.channels = self.model.channels
         if self.config.clips_per_batch > 1:
             from pipeline.stage.batching import StepBatcher
 
-            self.batcher = StepBatcher(self.model, max_batch=self.config.clips_per_batch)
-        logger.info("loaded %s %s on %s", self.info.name, self.info.version, self.device)
+            self.batcher = StepBatcher(
+                self.model, max_batch=self.config.clips_per_batch, precision=self.precision
+            )
+        logger.info(
+            "loaded %s %s on %s (%s)", self.info.name, self.info.version, self.device,
+            self.precision,
+        )  # fmt: skip
 
     def _step(self, rgb_b3hw, memory):
         from j4r.model import derain_rgb_step
 
         if self.batcher:
             return self.batcher.step(rgb_b3hw, memory)
-        return derain_rgb_step(self.model, rgb_b3hw, memory)
+        return derain_rgb_step(self.model, rgb_b3hw, memory, self.precision)
+
+    def _make_tiles(self, width: int, height: int):
+        from pipeline.stage.tiles import TiledClip
+
+        return TiledClip.for_frame(width, height, self.config, self.channels, self.device)
 
     def process(
         self,
@@ -224,6 +295,12 @@ class DerainStage:
             self.setup()
         started = time.monotonic()
         info = probe(source)
+        # Before anything is decoded: a frame too big even for tiles fails here, alone.
+        check_frame_fits(
+            info.width, info.height, self.config, self.channels, lossless=self.options.lossless
+        )
+        grid = tiles_for(info.width, info.height, self.config, self.channels)
+        chunk_frames = chunk_frames_for(info.width, info.height, self.config)
         segment = segment or Segment(0, 0, None, 0)
         stats: list[FrameStats] = []
         decode_report = DecodeReport()
@@ -238,7 +315,7 @@ class DerainStage:
             # Decode ahead and encode behind the network, two chunks of slack each way.
             decoded = read_chunks(
                 source,
-                self.config.chunk_frames,
+                chunk_frames,
                 start=segment.warm_start,
                 stop=segment.stop,
                 info=info,
@@ -247,12 +324,17 @@ class DerainStage:
             # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
             middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None
             thumbs: dict[str, np.ndarray] = {}
-            chunks = prefetch(tap_frame(decoded, middle, thumbs, "before"), depth=2)
-            sink = BackgroundSink(writer.write, depth=2)
+            # Frames so big that a chunk is one frame (8K: 100 MB each) keep one chunk of slack:
+            # the network takes minutes per such frame, decoding a second.
+            slack = 2 if chunk_frames > 1 else 1
+            chunks = prefetch(tap_frame(decoded, middle, thumbs, "before"), depth=slack)
+            sink = BackgroundSink(writer.write, depth=slack)
             if self.batcher:
                 self.batcher.register()
             try:
-                derained = derain_frames(self._step, chunks, device=self.device)
+                derained = derain_frames(
+                    self._step, chunks, device=self.device, make_tiles=self._make_tiles
+                )
                 for frames, chunk_stats in drop_leading(derained, segment.warmup):
                     if middle is not None and len(stats) <= middle < len(stats) + len(frames):
                         thumbs["after"] = frames[middle - len(stats)].copy()
@@ -274,6 +356,8 @@ class DerainStage:
             height=info.height,
             seconds=time.monotonic() - started,
             frame_stats=stats,
+            precision=self.precision,
+            tiles=len(grid) if grid is not None else 1,
             thumbnail_before=thumbs.get("before"),
             thumbnail_after=thumbs.get("after"),
             incomplete=decode_report.shortfall((segment.stop or info.frames) - segment.warm_start),

@@ -18,22 +18,32 @@ def evaluate_checkpoint(
     frames: int,
     crop: int,
     sets: tuple[str, ...] | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], str]:
     """Score ``checkpoint`` (and its stage-1 model) on the test sets: (record, Markdown table).
 
-    ``single_checkpoint`` defaults to ``checkpoint/stage1`` when that exists.
+    ``single_checkpoint`` defaults to ``checkpoint/stage1`` when that exists. ``precision``
+    (auto, fp32, bf16; resolved for the CPU) runs both networks under that autocast, as
+    ``derain run`` does; the record says which one was used.
     """
     from j4r.evaluate import SETS, evaluate, markdown_table
+    from j4r.model import AtPrecision
+    from j4r.precision import resolve_precision
     from pipeline.registry.checkpoints import load_model
 
     checkpoint = Path(checkpoint)
     single_path = single_checkpoint or (checkpoint / "stage1")
+    resolved = resolve_precision(precision, "cpu")
     model, info = load_model(checkpoint)
     single = load_model(single_path)[0] if single_path.exists() else None
+    if resolved != "fp32":
+        model = AtPrecision(model, resolved)
+        single = AtPrecision(single, resolved) if single is not None else None
     started = time.monotonic()
     results = evaluate(model, single, frames=frames, crop=crop, sets=sets or SETS)
     record = {
         "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+        "precision": resolved,
         "frames": frames,
         "crop": crop,
         "seconds": round(time.monotonic() - started, 1),

@@ -1,0 +1,224 @@
+"""Tiled inference: frames above a pixel budget run as overlapping tiles with blended seams.
+
+J4R-Net is fully convolutional, so a tile is just a smaller frame. Each tile *position* keeps
+its own recurrent memory across frames (the caller holds the memories, one per tile, in any
+mutable sequence: a list, or a store that spills them to disk), so a tiled clip streams in
+chunks exactly like an untiled one: tiled chunked == tiled in one pass, bit for bit.
+
+Why the overlap: a tile's border sees zero padding where the whole frame has real content.
+One step's receptive field is about 20 px, and through the memory it grows by a few pixels
+every frame, with an influence that decays as the memory forgets. Neighbouring tiles therefore
+overlap by ``overlap`` pixels; in that band the outer quarter on each side is discarded (it is
+the part nearest a tile edge) and the middle half is blended with a linear ramp. The weights
+of the tiles covering a pixel sum to 1 (a partition of unity), so a flat region stays flat.
+
+Layouts: ``frame_hw3_u8`` is one RGB frame ``(h, w, 3)`` uint8 (a torch tensor on the CPU);
+luma and memories are ``(1, ·, h, w)`` float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, MutableSequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from j4r.color import rgb_to_ycbcr, with_luma
+
+ALPHA_BINS = 4096  # histogram of P(α = 1) per tiled frame, for its 95th percentile
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile's extent along an axis: the window it reads, the core it owns (for
+    statistics: every pixel belongs to exactly one core) and its blend weights."""
+
+    start: int
+    stop: int
+    core_start: int
+    core_stop: int
+    weights: tuple[float, ...]  # len == stop - start
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def _tile_length(length: int, count: int, overlap: int) -> int:
+    return length if count == 1 else math.ceil((length + (count - 1) * overlap) / count)
+
+
+def _ramp(width: int) -> list[float]:
+    """Weight of the later tile across an overlap of ``width`` px: 0 over the first quarter,
+    a linear rise over the middle half, 1 over the last quarter."""
+    margin = width // 4
+    inner = max(1, width - 2 * margin)
+    return [min(1.0, max(0.0, (k + 0.5 - margin) / inner)) for k in range(width)]
+
+
+def plan_spans(length: int, count: int, overlap: int) -> list[Span]:
+    """``count`` windows of equal size covering ``[0, length)``, neighbours ``overlap`` apart."""
+    size = _tile_length(length, count, overlap)
+    if count == 1:
+        return [Span(0, length, 0, length, (1.0,) * length)]
+    starts = [(i * (length - size)) // (count - 1) for i in range(count)]
+    while any(starts[i] + size - starts[i + 1] < overlap for i in range(count - 1)):
+        size += 1
+        starts = [(i * (length - size)) // (count - 1) for i in range(count)]
+    stops = [s + size for s in starts]
+    cuts = [0] + [(starts[i + 1] + stops[i]) // 2 for i in range(count - 1)] + [length]
+    spans = []
+    for i in range(count):
+        weights = [1.0] * size
+        if i > 0:  # rising ramp over the overlap with the previous tile
+            width = stops[i - 1] - starts[i]
+            for k, r in enumerate(_ramp(width)):
+                weights[k] = r
+        if i < count - 1:  # falling ramp over the overlap with the next tile
+            width = stops[i] - starts[i + 1]
+            offset = starts[i + 1] - starts[i]
+            for k, r in enumerate(_ramp(width)):
+                weights[offset + k] = min(weights[offset + k], 1.0 - r)
+        spans.append(Span(starts[i], stops[i], cuts[i], cuts[i + 1], tuple(weights)))
+    return spans
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of one frame size: row spans × column spans, in row-major order."""
+
+    height: int
+    width: int
+    rows: tuple[Span, ...]
+    cols: tuple[Span, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def tiles(self) -> list[tuple[Span, Span]]:
+        return [(r, c) for r in self.rows for c in self.cols]
+
+    @property
+    def tile_pixels(self) -> int:
+        return self.rows[0].size * self.cols[0].size
+
+    @property
+    def covered_pixels(self) -> int:
+        """Pixels processed per frame, overlaps counted as often as they are processed."""
+        return len(self) * self.tile_pixels
+
+
+def plan_tiles(height: int, width: int, max_pixels: int, overlap: int) -> TileGrid:
+    """The fewest-pixel grid of tiles of at most ``max_pixels`` each (one tile if it fits).
+
+    Raises ``ValueError`` when tiles that small cannot hold ``overlap`` on both sides.
+    """
+    if height * width <= max_pixels:
+        rows, cols = plan_spans(height, 1, 0), plan_spans(width, 1, 0)
+        return TileGrid(height, width, tuple(rows), tuple(cols))
+    best: tuple[int, int, int] | None = None
+    for ny in range(1, max(1, height // max(1, overlap)) + 2):
+        th = _tile_length(height, ny, overlap)
+        if ny > 1 and th < 3 * overlap:
+            break
+        for nx in range(1, max(1, width // max(1, overlap)) + 2):
+            tw = _tile_length(width, nx, overlap)
+            if nx > 1 and tw < 3 * overlap:
+                break
+            if th * tw <= max_pixels:
+                cost = ny * nx * th * tw
+                if best is None or cost < best[0]:
+                    best = (cost, ny, nx)
+                break
+    if best is None:
+        raise ValueError(
+            f"tiles of at most {max_pixels} px cannot cover {width}x{height} with an overlap "
+            f"of {overlap} px: raise the tile budget or lower the overlap"
+        )
+    _, ny, nx = best
+    rows, cols = plan_spans(height, ny, overlap), plan_spans(width, nx, overlap)
+    # plan_spans may widen a tile by a pixel or two to keep the overlap: stay within budget.
+    while rows[0].size * cols[0].size > max_pixels and nx < width:
+        nx += 1
+        cols = plan_spans(width, nx, overlap)
+    return TileGrid(height, width, tuple(rows), tuple(cols))
+
+
+class TiledStats(NamedTuple):
+    """Sums over a tiled frame's tile cores (each pixel once), for per-frame statistics."""
+
+    pixels: int
+    alpha_sum: float  # Σ P(α = 1)
+    alpha_over_half: int  # pixels with P(α = 1) > 0.5
+    alpha_hist: torch.Tensor  # ALPHA_BINS counts of P(α = 1) over [0, 1]
+    streak_abs_sum: float  # Σ |Ŝ|
+    change_sum: float  # Σ |B̂ − O| on luma
+
+    def alpha_quantile(self, q: float) -> float:
+        """Approximate quantile (to 1 / ALPHA_BINS) with :func:`torch.kthvalue`'s rank."""
+        k = max(1, round(q * self.pixels))
+        index = int(torch.searchsorted(self.alpha_hist.cumsum(0), torch.tensor(float(k))))
+        return (min(index, ALPHA_BINS - 1) + 0.5) / ALPHA_BINS
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor | None], tuple]
+
+
+def derain_tiled_frame(
+    step: StepFn,
+    frame_hw3_u8: torch.Tensor,
+    grid: TileGrid,
+    memories: MutableSequence,
+    *,
+    device: str | torch.device = "cpu",
+    band_rows: int = 256,
+) -> tuple[torch.Tensor, TiledStats]:
+    """De-rain one frame tile by tile; ``memories[i]`` is tile ``i``'s memory (None: empty)
+    and is replaced by its new memory. Returns the RGB frame ``(h, w, 3)`` uint8 and stats.
+
+    ``step(rgb (1, 3, th, tw), memory) -> (rgb, StepOutput, memory)`` is
+    :func:`j4r.model.derain_rgb_step` bound to a model (or anything that behaves like it).
+    Only the blended luma is held for the whole frame (4 bytes a pixel); the colour
+    conversion back to RGB runs in bands of ``band_rows`` rows.
+    """
+    h, w, _ = frame_hw3_u8.shape
+    if (h, w) != (grid.height, grid.width):
+        raise ValueError(f"frame {w}x{h} does not match the tile grid {grid.width}x{grid.height}")
+    if len(memories) != len(grid):
+        raise ValueError(f"{len(memories)} memories for {len(grid)} tiles")
+    luma = torch.zeros(h, w)
+    hist = torch.zeros(ALPHA_BINS, dtype=torch.float64)
+    alpha_sum = streak_sum = change_sum = 0.0
+    over_half = 0
+    for index, (rows, cols) in enumerate(grid.tiles):
+        crop = frame_hw3_u8[rows.start : rows.stop, cols.start : cols.stop]
+        rgb = crop.to(device).permute(2, 0, 1)[None].float().div_(255.0)
+        _, out, memory = step(rgb, memories[index])
+        memories[index] = memory
+        background = out.background.clamp(0.0, 1.0)[0, 0].float().cpu()
+        weight = torch.tensor(rows.weights)[:, None] * torch.tensor(cols.weights)[None, :]
+        luma[rows.start : rows.stop, cols.start : cols.stop] += background * weight
+        # Statistics over the core only (each pixel counted once).
+        ys = slice(rows.core_start - rows.start, rows.core_stop - rows.start)
+        xs = slice(cols.core_start - cols.start, cols.core_stop - cols.start)
+        prob = torch.softmax(out.alpha_logits.float(), dim=1)[0, 1, ys, xs].cpu()
+        alpha_sum += float(prob.sum(dtype=torch.float64))
+        over_half += int((prob > 0.5).sum())
+        hist += torch.histc(prob.flatten(), bins=ALPHA_BINS, min=0.0, max=1.0).double()
+        streak_sum += float(out.streaks[0, 0, ys, xs].float().abs().sum(dtype=torch.float64))
+        input_luma = rgb_to_ycbcr(rgb[0, :, ys, xs])[0].cpu()
+        change_sum += float((background[ys, xs] - input_luma).abs().sum(dtype=torch.float64))
+        # Let this tile's memory and outputs go before the next tile's step allocates its own.
+        del memory, out, rgb, background, prob, input_luma
+    out_hw3 = torch.empty_like(frame_hw3_u8)
+    for top in range(0, h, band_rows):
+        band = frame_hw3_u8[top : top + band_rows].permute(2, 0, 1).float().div_(255.0)
+        rgb = with_luma(rgb_to_ycbcr(band), luma[None, top : top + band_rows])
+        out_hw3[top : top + band_rows] = (
+            rgb.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0)
+        )
+    stats = TiledStats(h * w, alpha_sum, over_half, hist, streak_sum, change_sum)
+    return out_hw3, stats
