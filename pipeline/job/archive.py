@@ -123,13 +123,11 @@ def _resume(store: ManifestStore, job: ArchiveJob, model_version: str):
 
 def skipped_row(task: VideoTask, run_id: str, model_version: str) -> VideoRow:
     now = datetime.now(UTC)
-    return VideoRow(
-        run_id=run_id,
-        video_id=task.video_id,
-        source_url=task.source.url,
-        source_key=task.source.key,
-        etag=task.source.etag,
-        status="skipped",
+    return VideoRow.for_source(
+        run_id,
+        task.video_id,
+        task.source,
+        "skipped",
         model_version=model_version,
         started_at=now,
         finished_at=now,
@@ -139,13 +137,11 @@ def skipped_row(task: VideoTask, run_id: str, model_version: str) -> VideoRow:
 def refused_row(source: SourceObject, run_id: str, model_version: str) -> VideoRow:
     """A listed object that is never processed (an unsafe key): failed, with the reason."""
     now = datetime.now(UTC)
-    return VideoRow(
-        run_id=run_id,
-        video_id=video_id_of(source.url, source.etag),
-        source_url=source.url,
-        source_key=source.key,
-        etag=source.etag,
-        status="failed",
+    return VideoRow.for_source(
+        run_id,
+        video_id_of(source.url, source.etag),
+        source,
+        "failed",
         error_type="StorageError",
         error_message=f"not processed: {source.refused}; rename the object",
         model_version=model_version,

@@ -114,6 +114,21 @@ class VideoRow:
     alpha_mean: float | None = None
     schema_version: int = SCHEMA_VERSION
 
+    @classmethod
+    def for_source(
+        cls, run_id: str, video_id: str, source: Any, status: str, **fields: Any
+    ) -> VideoRow:
+        """A row naming ``source`` (anything with ``url``, ``key``, ``etag``) and its video."""
+        return cls(
+            run_id=run_id,
+            video_id=video_id,
+            source_url=source.url,
+            source_key=source.key,
+            etag=source.etag,
+            status=status,
+            **fields,
+        )
+
 
 @dataclass
 class FrameRows:

@@ -72,13 +72,11 @@ def process_task(
     """
     if stage.model is None:
         stage.setup()
-    row = VideoRow(
-        run_id=context.run_id,
-        video_id=task.video_id,
-        source_url=task.source.url,
-        source_key=task.source.key,
-        etag=task.source.etag,
-        status="failed",
+    row = VideoRow.for_source(
+        context.run_id,
+        task.video_id,
+        task.source,
+        "failed",
         model_name=stage.info.name,
         model_version=stage.info.version,
         model_sha256=stage.info.sha256,

@@ -168,13 +168,11 @@ class RayRunner:
 
     def _out_of_memory(self, task: VideoTask, context: RunContext, count: int) -> TaskResult:
         now = datetime.now(UTC)
-        row = VideoRow(
-            run_id=context.run_id,
-            video_id=task.video_id,
-            source_url=task.source.url,
-            source_key=task.source.key,
-            etag=task.source.etag,
-            status="failed",
+        row = VideoRow.for_source(
+            context.run_id,
+            task.video_id,
+            task.source,
+            "failed",
             error_type="OutOfMemory",
             error_message=(
                 f"out of memory: Ray's memory monitor killed the worker {count} times on this "
