@@ -156,6 +156,37 @@ class JRCNet(nn.Module):
         return self.residual(self.body(self.head(x)))
 
 
+class RainGate(nn.Module):
+    """Where the network may change the picture: both hidden streams + α -> gate logits.
+
+    Not in the paper. ``B̂ = O + σ(g) (B̃ − O)`` with ``B̃`` the joint estimate: a pixel the
+    gate closes comes out exactly as it went in, so rain-free content (most of an archive) is
+    left alone instead of being re-synthesised. Supervised with the mask of pixels the rain
+    changed (:func:`j4r.losses.rain_touched`). The last conv's bias starts at +3 (σ ≈ 0.95),
+    so a gate added to a trained network first behaves like the network without it.
+    """
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.head = nn.Sequential(conv3x3(2 * channels + 2, channels), nn.ReLU())
+        self.logits = conv3x3(channels, 1)
+        nn.init.normal_(self.logits.weight, std=1e-3)
+        nn.init.constant_(self.logits.bias, 3.0)
+
+    def forward(
+        self,
+        removal_hidden: torch.Tensor,
+        reconstruction_hidden: torch.Tensor,
+        alpha_logits: torch.Tensor,
+    ) -> torch.Tensor:
+        x = torch.cat([removal_hidden, reconstruction_hidden, alpha_logits], dim=1)
+        return self.logits(self.head(x))
+
+
+# A gate logit that σ maps to 1.0 in fp32: networks without a gate change every pixel.
+OPEN_GATE_LOGIT = 30.0
+
+
 class StepOutput(NamedTuple):
     """One frame's outputs, all ``(b, ·, h, w)``: ``background`` in [0, 1] after clamping."""
 
@@ -163,6 +194,7 @@ class StepOutput(NamedTuple):
     streaks: torch.Tensor  # Ŝ, (b, 1, h, w)
     alpha_logits: torch.Tensor  # (b, 2, h, w); softmax channel 1 = P(α = 1)
     detail: torch.Tensor  # C-Net detail map, (b, 1, h, w)
+    gate_logits: torch.Tensor  # (b, 1, h, w); σ = share of the change applied (1: no gate)
 
 
 class ClipOutput(NamedTuple):
@@ -172,6 +204,7 @@ class ClipOutput(NamedTuple):
     streaks: torch.Tensor
     alpha_logits: torch.Tensor
     detail: torch.Tensor
+    gate_logits: torch.Tensor
 
 
 class J4RNet(nn.Module):
@@ -185,6 +218,7 @@ class J4RNet(nn.Module):
         cnet_blocks: int = 2,
         jrc_blocks: int = 2,
         dnet_layers: int = 2,
+        rain_gate: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -194,6 +228,7 @@ class J4RNet(nn.Module):
         self.rnet = RNet(channels=channels, blocks=rnet_blocks)
         self.cnet = CNet(channels=channels, blocks=cnet_blocks)
         self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
+        self.gate = RainGate(channels=channels) if rain_gate else None
 
     def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
         """Empty memory for a batch shaped like ``luma (b, 1, h, w)``."""
@@ -217,7 +252,12 @@ class J4RNet(nn.Module):
             removal_hidden, reconstruction_hidden, alpha_logits, streak_free, detail
         )
         background = streak_free + residual
-        return StepOutput(background, streaks, alpha_logits, detail), memory
+        if self.gate is None:
+            gate_logits = torch.full_like(luma, OPEN_GATE_LOGIT)
+        else:
+            gate_logits = self.gate(removal_hidden, reconstruction_hidden, alpha_logits)
+            background = luma + torch.sigmoid(gate_logits) * (background - luma)
+        return StepOutput(background, streaks, alpha_logits, detail, gate_logits), memory
 
     def forward(
         self, clip: torch.Tensor, memory: torch.Tensor | None = None

@@ -26,6 +26,7 @@ class NetConfig:
     cnet_blocks: int = 2  # residual pairs in C-Net (occlusion fill from memory)
     jrc_blocks: int = 2  # residual pairs in JRC-Net (joint reconstruction)
     dnet_layers: int = 2  # 3x3 conv layers in D-Net before the 2-class α head
+    rain_gate: bool = False  # beyond the paper: change only pixels a learned gate opens
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class TrainConfig:
     lambda_detect: float = 1e-3
     lambda_rect: float = 1e-4
     lambda_removal: float = 1e-4
+    lambda_gate: float = 1e-2  # rain-gate mask loss (networks with ``rain_gate`` only)
+    gate_threshold: float = 0.01  # luma change that counts as "touched by rain"
+    gate_lr_scale: float = 1.0  # stage 2: the rain gate's learning rate relative to lr
     grad_clip: float = 1.0
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16: autocast dtype of forward and backward
@@ -132,6 +136,12 @@ def _coerce(value: Any, example: Any) -> Any:
     if isinstance(example, tuple) and isinstance(value, list | tuple):
         inner = example[0] if example else None
         return tuple(_coerce(v, inner) for v in value)
+    if isinstance(example, float) and isinstance(value, int | str) and not isinstance(value, bool):
+        # YAML 1.1 reads "2e-4" (no dot) as a string; a float field means a float.
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
     return value
 
 

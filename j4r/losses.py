@@ -23,12 +23,22 @@ def high_pass(images: torch.Tensor) -> torch.Tensor:
     return (flat - blurred).reshape(shape)
 
 
+def rain_touched(rainy: torch.Tensor, clean: torch.Tensor, *, threshold: float) -> torch.Tensor:
+    """The rain gate's target: 1 where rain changed the picture by more than ``threshold``
+    (luma), grown by one pixel so streak edges count; 0 everywhere on a dry clip.
+    ``(..., 1, h, w)`` in, same shape out, float in {0, 1}."""
+    shape = rainy.shape
+    changed = ((rainy - clean).abs() > threshold).reshape(-1, 1, *shape[-2:]).float()
+    return F.max_pool2d(changed, kernel_size=3, stride=1, padding=1).reshape(shape)
+
+
 class LossTerms(NamedTuple):
     total: torch.Tensor
     joint: torch.Tensor
     detect: torch.Tensor
     rect: torch.Tensor
     removal: torch.Tensor
+    gate: torch.Tensor
 
 
 def j4r_loss(
@@ -38,20 +48,30 @@ def j4r_loss(
     streaks: torch.Tensor,
     alpha: torch.Tensor,
     config: TrainConfig,
+    rainy: torch.Tensor | None = None,
 ) -> LossTerms:
-    """Full-network loss on a clip; tensors ``(b, t, c, h, w)``, ``alpha`` in {0, 1}."""
+    """Full-network loss on a clip; tensors ``(b, t, c, h, w)``, ``alpha`` in {0, 1}.
+
+    With ``rainy`` (networks that have a rain gate) the gate's logits also learn the mask of
+    pixels the rain touched, weighted by ``λg``: binary cross-entropy.
+    """
     joint = F.mse_loss(out.background, clean)
     logits = out.alpha_logits.flatten(0, 1)
     detect = F.cross_entropy(logits, alpha.flatten(0, 1)[:, 0].long())
     rect = F.mse_loss(high_pass(out.background), high_pass(clean))
     removal = F.mse_loss(out.streaks, streaks)
+    gate = joint.new_zeros(())
+    if rainy is not None:
+        touched = rain_touched(rainy, clean, threshold=config.gate_threshold)
+        gate = F.binary_cross_entropy_with_logits(out.gate_logits, touched)
     total = (
         joint
         + config.lambda_detect * detect
         + config.lambda_rect * rect
         + config.lambda_removal * removal
+        + config.lambda_gate * gate
     )
-    return LossTerms(total, joint, detect, rect, removal)
+    return LossTerms(total, joint, detect, rect, removal, gate)
 
 
 def single_frame_loss(
@@ -66,4 +86,4 @@ def single_frame_loss(
     joint = F.mse_loss(streak_free, clean)
     removal = F.mse_loss(predicted_streaks, streaks)
     zero = joint.new_zeros(())
-    return LossTerms(joint + config.lambda_removal * removal, joint, zero, zero, removal)
+    return LossTerms(joint + config.lambda_removal * removal, joint, zero, zero, removal, zero)

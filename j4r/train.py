@@ -46,19 +46,24 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.optim.Adam:
-    """Stage 1 trains the single-frame path; stage 2 all of it, the trunk more slowly."""
+    """Stage 1 trains the single-frame path; stage 2 all of it, the trunk more slowly (and
+    the rain gate, when there is one, at its own rate: a gate added to a trained network
+    when fine-tuning has everything to learn)."""
     if stage == 1:
         groups = [
             {"params": [*model.features.parameters(), *model.rnet.parameters()], "lr_scale": 1.0}
         ]
     else:
         trunk = list(model.features.parameters())
-        trunk_ids = {id(p) for p in trunk}
-        rest = [p for p in model.parameters() if id(p) not in trunk_ids]
+        gate = [] if model.gate is None else list(model.gate.parameters())
+        special = {id(p) for p in trunk + gate}
+        rest = [p for p in model.parameters() if id(p) not in special]
         groups = [
             {"params": trunk, "lr_scale": config.trunk_lr_scale},
             {"params": rest, "lr_scale": 1.0},
         ]
+        if gate:
+            groups.append({"params": gate, "lr_scale": config.gate_lr_scale})
     return torch.optim.Adam(groups, lr=config.lr_start)
 
 
@@ -95,7 +100,12 @@ def train_step(
             out, _ = model(batch.rainy)
             out = type(out)(*(x.float() for x in out))
             terms = j4r_loss(
-                out, clean=batch.clean, streaks=batch.streaks, alpha=batch.alpha, config=config
+                out,
+                clean=batch.clean,
+                streaks=batch.streaks,
+                alpha=batch.alpha,
+                config=config,
+                rainy=batch.rainy if core.gate is not None else None,
             )
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
@@ -174,15 +184,30 @@ def resume(
 
 
 def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[str, str]:
-    """Copy a checkpoint's weights into ``model`` (same network config); returns its identity."""
+    """Copy a checkpoint's weights into ``model``; returns its identity.
+
+    The network config must match, except that a checkpoint without a rain gate may start a
+    network with one: the gate keeps its fresh initialisation (nearly open, see
+    :class:`j4r.arch.RainGate`).
+    """
+    import dataclasses
+
     from j4r.checkpoint import load_checkpoint
 
     source, info = load_checkpoint(folder)
-    if info.net != net:
+    adding_gate = net.rain_gate and not info.net.rain_gate
+    if (
+        dataclasses.replace(
+            info.net, rain_gate=net.rain_gate if adding_gate else info.net.rain_gate
+        )
+        != net
+    ):
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
         )
-    model.load_state_dict(source.state_dict())
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=not adding_gate)
+    if unexpected or any(not key.startswith("gate.") for key in missing):
+        raise ValueError(f"--init-from {folder}: weights do not fit: {missing + unexpected}")
     return {"name": info.name, "version": info.version, "sha256": info.sha256}
 
 
