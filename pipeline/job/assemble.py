@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StorageError, VideoError
+from pipeline.io.scratch import scratch_dir
 from pipeline.io.storage import open_location, put_file, retry
 from pipeline.io.video import EncodeOptions, concat_videos, probe
 from pipeline.job.manifest import FrameRows, VideoRow
@@ -150,7 +150,7 @@ class SegmentJoiner:
         return TaskResult(whole, merged, merge_frames([f for _, f in ordered]))
 
     def _join(self, task: VideoTask, part_urls: list[str]) -> str:
-        with tempfile.TemporaryDirectory(prefix="derain-join-") as workdir:
+        with scratch_dir("join") as workdir:
             local_parts = []
             for i, url in enumerate(part_urls):
                 target = Path(workdir) / f"{i:05d}{posixpath.splitext(url)[1]}"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StorageError, is_video_failure
+from pipeline.io.scratch import scratch_dir
 from pipeline.io.storage import local_copy, open_location, put_file
 from pipeline.job.manifest import FrameRows, VideoRow
 from pipeline.job.plan import VideoTask
@@ -89,7 +89,7 @@ def process_task(
     local_name = None
     unexpected = False
     try:
-        with tempfile.TemporaryDirectory(prefix="derain-", dir=context.workdir) as workdir:
+        with scratch_dir("video", context.workdir) as workdir:
             with local_copy(task.source.url, context.source_options, workdir) as local_source:
                 local_name = str(local_source)
                 local_output = Path(workdir) / f"out{stage.options.extension}"
@@ -135,7 +135,7 @@ def _upload_thumbnail(result: VideoResult, task: VideoTask, context: RunContext)
     try:
         location = open_location(context.manifest_url, context.destination_options)
         key = thumbnail_key(context.run_id, task.video_id)
-        with tempfile.TemporaryDirectory(prefix="derain-thumb-", dir=context.workdir) as tmp:
+        with scratch_dir("thumb", context.workdir) as tmp:
             local = Path(tmp) / "thumb.png"
             local.write_bytes(png)
             put_file(local, location, key)

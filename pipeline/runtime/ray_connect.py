@@ -23,3 +23,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             logging_level=logging.WARNING,
         )
+        from pipeline.runtime.reaper import start_reaper
+
+        start_reaper(_session_dir())
+
+
+def _session_dir() -> str:
+    """The folder of the local Ray session this process started: all its processes name it
+    on their command lines. No public API gives it in Ray 2.60."""
+    from ray._private import worker
+
+    return worker._global_node.get_session_dir_path()

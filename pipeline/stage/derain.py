@@ -241,10 +241,13 @@ class DerainStage:
         return self.config.resources
 
     def setup(self) -> None:
-        """Load the weights on this worker's device (call once, inside the worker)."""
+        """Load the weights on this worker's device (call once, inside the worker), after
+        clearing scratch folders that killed runs left on this machine."""
+        from pipeline.io.scratch import sweep_stale_scratch
         from pipeline.registry.checkpoints import load_model
         from pipeline.stage.device import resolve_device
 
+        sweep_stale_scratch()
         self.device = resolve_device(self.config.device)
         checkpoint = self.config.checkpoint
         if checkpoint is not None and "://" in checkpoint:
