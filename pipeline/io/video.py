@@ -10,10 +10,12 @@ complete, so a half-written video is never at its final path.
 from __future__ import annotations
 
 import contextlib
+import functools
+import heapq
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -139,12 +141,51 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:300]
 
 
+def in_presentation_order(frames: Iterator, window: int, path: str = "") -> Iterator:
+    """Decoded frames sorted by ``pts`` within ``window`` frames (0: as they come).
+
+    A frame displaced further than ``window`` cannot be put back with bounded memory: it is
+    passed on where it comes, with a warning. A decoder error first hands out the frames held,
+    then propagates (the caller keeps what decoded).
+    """
+    if window <= 0:
+        yield from frames
+        return
+    held: list = []
+    order = 0
+    last = None
+
+    def release():
+        nonlocal last
+        _, _, frame = heapq.heappop(held)
+        if last is not None and frame.pts is not None and frame.pts < last:
+            logger.warning("%s: a frame at pts %d is more than %d frames out of place; "
+                           "kept where it decoded", path, frame.pts, window)  # fmt: skip
+        last = frame.pts if frame.pts is not None else last
+        return frame
+
+    try:
+        for frame in frames:
+            key = frame.pts if frame.pts is not None else (last if last is not None else -1)
+            heapq.heappush(held, (key, order, frame))
+            order += 1
+            if len(held) > window:
+                yield release()
+    except Exception:
+        while held:
+            yield release()
+        raise
+    while held:
+        yield release()
+
+
 def _pyav_chunks(
     path: str,
     chunk_frames: int,
     start: int,
     stop: int | None,
     report: DecodeReport | None = None,
+    reorder: int = 0,
 ) -> Iterator[np.ndarray]:
     import av
 
@@ -156,7 +197,7 @@ def _pyav_chunks(
         seeked = _seek_before(container, stream, start)
         rate, first_pts = stream.average_rate or stream.guessed_rate, stream.start_time or 0
         index = -1
-        frames = container.decode(stream)
+        frames = in_presentation_order(container.decode(stream), reorder, path)
         while True:
             try:
                 frame = next(frames, None)
@@ -194,7 +235,12 @@ def _pyav_chunks(
 DECORD_BUDGET_BYTES = 64 * 2**20
 
 
-def _readers_for(path: str, start: int, info: VideoInfo | None = None):
+def _readers_for(path: str, start: int, info: VideoInfo | None = None, reorder: int = 0):
+    if reorder > 0:
+        # Only PyAV says which time stamp each decoded frame has; decord (decode order, no
+        # time stamps) is the fallback for a file PyAV cannot open.
+        sorted_pyav = functools.partial(_pyav_chunks, reorder=reorder)
+        return (("PyAV", sorted_pyav), ("decord", _decord_chunks))
     if info is None:
         try:
             info = probe(path)
@@ -228,6 +274,7 @@ def read_chunks(
     stop: int | None = None,
     info: VideoInfo | None = None,
     report: DecodeReport | None = None,
+    reorder: int = 0,
 ) -> Iterator[np.ndarray]:
     """Yield ``frames_thwc_u8`` chunks of frames ``[start, stop)``, at most ``chunk_frames`` each.
 
@@ -237,10 +284,12 @@ def read_chunks(
     with both reasons. ``info``: the file's :func:`probe`, if the caller already has it.
     ``report`` (a :class:`DecodeReport`) gets the frames passed on and the decoder error that
     ended the decode early, if one did: a truncated file then yields what decodes.
+    ``reorder`` > 0: the file's frames decode out of time order (:mod:`pipeline.io.timing`);
+    PyAV reads it, sorting frames by time stamp within that many frames.
     """
     path = str(path)
     errors: list[str] = []
-    for name, reader in _readers_for(path, start, info):
+    for name, reader in _readers_for(path, start, info, reorder):
         chunks = reader(path, chunk_frames, start, stop, report)
         try:
             first = next(chunks, None)
@@ -355,6 +404,24 @@ def _x264_bounds(width: int, height: int) -> dict[str, str]:
     return {"rc-lookahead": str(max(4, lookahead))}
 
 
+def mov_track_timescale(time_base: Fraction) -> int:
+    """The timescale FFmpeg's MP4 muxer gives a video track of ``time_base`` (its denominator,
+    doubled up to at least 10000)."""
+    timescale = Fraction(time_base).denominator
+    while timescale < 10000:
+        timescale *= 2
+    return timescale
+
+
+def muxer_options(options: EncodeOptions, time_base: Fraction) -> dict[str, str]:
+    """MP4: the movie timescale of the video track's, so the edit list that says when the
+    first frame shows is exact (at the default 1000 a segment part starting at 8008/30000 s
+    reads back as 7980/30000 s). Matroska keeps milliseconds whatever is asked."""
+    if options.lossless:
+        return {}
+    return {"movie_timescale": str(mov_track_timescale(time_base))}
+
+
 class VideoWriter:
     """Encode frames to a temp file; :meth:`commit` renames it to ``final_path``.
 
@@ -370,13 +437,25 @@ class VideoWriter:
         height: int,
         options: EncodeOptions,
         audio_source: str | Path | None = None,
+        time_base: Fraction | None = None,
+        display_matrix: tuple[int, ...] | None = None,
     ):
+        """``time_base``: the ticks :meth:`write`'s ``pts`` count (None: ``1 / fps``, frames
+        at a constant rate). ``display_matrix``: the source's rotation, 9 int32 in FFmpeg's
+        layout (:func:`pipeline.io.timing.display_matrix`), written as the stream's side data.
+        """
         import av
 
         self.final_path = Path(final_path)
         self.tmp_path = temp_beside(self.final_path)
-        self._container = av.open(str(self.tmp_path), mode="w", format=options.container_format)
         rate = Fraction(fps).limit_denominator(1_000_000)
+        clock = 1 / rate if time_base is None else Fraction(time_base)
+        self._container = av.open(
+            str(self.tmp_path),
+            mode="w",
+            format=options.container_format,
+            options=muxer_options(options, clock),
+        )
         if options.lossless:
             stream = self._container.add_stream("ffv1", rate=rate)
             stream.pix_fmt = "bgr0"  # RGB kept bit-exact
@@ -390,7 +469,12 @@ class VideoWriter:
                 **_x264_bounds(width, height),
             }
         stream.width, stream.height = width, height
-        stream.time_base = 1 / rate
+        if time_base is None:
+            stream.time_base = clock
+        else:  # the encoder's clock too: frame pts are read in the codec's time base
+            stream.time_base = stream.codec_context.time_base = clock
+        if display_matrix is not None:
+            stream.set_display_matrix(list(display_matrix))
         self._stream = stream
         self.frames_written = 0
         self._audio = None
@@ -400,12 +484,14 @@ class VideoWriter:
             self.abort()
             raise
 
-    def write(self, frames_thwc_u8: np.ndarray) -> None:
+    def write(self, frames_thwc_u8: np.ndarray, pts: Sequence[int] | None = None) -> None:
+        """Encode frames; ``pts``: their presentation times in the writer's time base,
+        strictly increasing across calls (None: the count of frames written before each)."""
         import av
 
-        for rgb in frames_thwc_u8:
+        for k, rgb in enumerate(frames_thwc_u8):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            frame.pts = self.frames_written
+            frame.pts = self.frames_written if pts is None else int(pts[k])
             if self.frames_written == 0:
                 packets = self._first_encode(frame)  # FFmpeg opens the encoder here
             else:
@@ -456,33 +542,44 @@ class VideoWriter:
 
 
 def _mux_video_packets(
-    container, in_stream, out_stream, out_container, pts_offset: int, last_dts: int | None
-) -> tuple[int, int | None]:
-    """Copy one part's video packets after the previous part's; returns (end pts, last dts).
+    container, in_stream, out_stream, out_container, last_dts: int | None
+) -> int | None:
+    """Copy one part's video packets after the previous part's; returns the last dts.
 
-    Presentation times are shifted to start where the previous part ended. Decode times are
-    shifted to follow the previous part's last decode time with no gap (a gap would read as a
-    lower frame rate), but never past ``pts_offset``, so no packet decodes after it shows.
+    Parts carry their frames' own presentation times (a segment writes the source's times for
+    its frames), so pts are copied as they are. Decode times are pulled back to follow the
+    previous part's last decode time with no gap (for a constant rate, a gap would read as a
+    lower frame rate) but never pushed later; a decode time that would not follow the previous
+    one is raised to one tick after it, and a part that cannot be joined that way (a packet
+    decoding after it shows) is refused.
     """
-    ticks_per_frame = max(1, round(1 / (in_stream.average_rate * in_stream.time_base)))
-    end, dts_offset = pts_offset, None
+    rate = in_stream.average_rate or in_stream.guessed_rate
+    ticks_per_frame = max(1, round(1 / (rate * in_stream.time_base))) if rate else 1
+    dts_shift = None
     for packet in container.demux(in_stream):
         if packet.dts is None:  # end-of-stream marker
             continue
-        if dts_offset is None:
-            follow = pts_offset if last_dts is None else last_dts + ticks_per_frame - packet.dts
-            dts_offset = min(pts_offset, follow)
-        packet.pts += pts_offset
-        packet.dts += dts_offset
-        end = max(end, packet.pts + (packet.duration or ticks_per_frame))
-        last_dts = packet.dts
+        if dts_shift is None:
+            dts_shift = 0 if last_dts is None else min(0, last_dts + ticks_per_frame - packet.dts)
+        dts = packet.dts + dts_shift
+        if last_dts is not None and dts <= last_dts:
+            dts = last_dts + 1
+        if packet.pts is not None and dts > packet.pts:
+            raise VideoError(
+                f"cannot join the parts: a frame at pts {packet.pts} would decode at {dts}, "
+                "after it shows (parts overlap in time?)"
+            )
+        packet.dts = last_dts = dts
         packet.stream = out_stream
         out_container.mux(packet)
-    return end, last_dts
+    return last_dts
 
 
 def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions) -> Path:
     """Join video parts encoded with identical settings into one file, without re-encoding.
+
+    Each part carries its frames' presentation times from the video's start (a segment's
+    writer is given them), so the joined video keeps them, gaps and variable rates included.
 
     The first part's audio stream (if any) is carried over whole: a segmented run writes the
     source's audio into segment 0 only. Written to a temp file and renamed into place.
@@ -494,21 +591,25 @@ def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions
     final_path = Path(final_path)
     tmp = temp_beside(final_path)
     try:
-        with av.open(str(tmp), mode="w", format=options.container_format) as out:
+        with av.open(str(parts[0])) as first:
+            time_base = first.streams.video[0].time_base
+        with av.open(
+            str(tmp),
+            mode="w",
+            format=options.container_format,
+            options=muxer_options(options, time_base),
+        ) as out:
             with av.open(str(parts[0])) as first:
                 template = first.streams.video[0]
-                time_base = template.time_base
                 out_stream = out.add_stream_from_template(template)
             audio = open_audio_copy(out, parts[0], options)
-            offset, last_dts = 0, None
+            last_dts = None
             for part in parts:
                 with av.open(str(part)) as container:
                     stream = container.streams.video[0]
                     if stream.time_base != time_base:
                         raise VideoError(f"{part}: time base differs from the first part's")
-                    offset, last_dts = _mux_video_packets(
-                        container, stream, out_stream, out, offset, last_dts
-                    )
+                    last_dts = _mux_video_packets(container, stream, out_stream, out, last_dts)
             if audio:
                 copy_audio(audio, out)
         chmod_like_new_file(tmp)

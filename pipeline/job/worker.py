@@ -50,10 +50,16 @@ class TaskResult:
 
 
 def frame_rows(result: VideoResult, first_index: int = 0) -> FrameRows:
+    """One row per written frame; ``timestamp_s`` is the frame's source time stamp (seconds
+    from the first frame), or ``index / fps`` for a result that carries none."""
     rows = FrameRows()
-    for index, stats in enumerate(result.frame_stats, start=first_index):
+    times = result.timestamps_s
+    for k, (index, stats) in enumerate(enumerate(result.frame_stats, start=first_index)):
         rows.frame_index.append(index)
-        rows.timestamp_s.append(index / result.fps if result.fps else 0.0)
+        if k < len(times):
+            rows.timestamp_s.append(times[k])
+        else:
+            rows.timestamp_s.append(index / result.fps if result.fps else 0.0)
         rows.alpha_mean.append(stats.alpha_mean)
         rows.alpha_frac.append(stats.alpha_frac)
         rows.alpha_p95.append(stats.alpha_p95)

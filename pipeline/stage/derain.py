@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.overlap import BackgroundSink, prefetch
+from pipeline.io.timing import REORDER_WINDOW, Timeline, display_matrix, read_timeline
 from pipeline.io.video import DecodeReport, VideoWriter, probe, read_chunks
 from pipeline.stage.config import Resources, StageConfig
 from pipeline.stage.segments import Segment
@@ -56,6 +57,9 @@ class VideoResult:
     thumbnail_after: np.ndarray | None = None
     # Why the decode was incomplete ("decoded N of M declared frames: ..."); None: complete.
     incomplete: str | None = None
+    # Each written frame's presentation time, seconds from the video's first frame (a
+    # segment's frames carry their times in the whole video).
+    timestamps_s: list[float] = field(default_factory=list)
 
     @property
     def alpha_mean(self) -> float:
@@ -223,6 +227,12 @@ def drop_leading(
         count = 0
 
 
+def frame_times(timeline: Timeline, first: int, count: int) -> list[int]:
+    """Output pts of the ``count`` frames from frame ``first`` of the whole video on: the
+    source's times, so a segment's part carries its frames' times in the whole video."""
+    return [timeline.pts_for(first + k) for k in range(count)]
+
+
 class DerainStage:
     """One J4R-Net on one device; ``process`` de-rains a whole local video file."""
 
@@ -293,6 +303,8 @@ class DerainStage:
         With ``segment``, only frames ``[segment.start, segment.stop)`` are written, after the
         warm-up frames before them have rebuilt the recurrent memory; the source's audio goes
         into segment 0 only (the parts are joined later by :func:`pipeline.io.video.concat_videos`).
+        Every frame keeps its source time stamp and the source's rotation
+        (:mod:`pipeline.io.timing`).
         """
         if self.model is None:
             self.setup()
@@ -305,7 +317,9 @@ class DerainStage:
         grid = tiles_for(info.width, info.height, self.config, self.channels)
         chunk_frames = chunk_frames_for(info.width, info.height, self.config)
         segment = segment or Segment(0, 0, None, 0)
+        timeline = read_timeline(source, info.fps)
         stats: list[FrameStats] = []
+        times: list[int] = []
         decode_report = DecodeReport()
         with VideoWriter(
             output,
@@ -314,6 +328,8 @@ class DerainStage:
             height=info.height,
             options=self.options,
             audio_source=source if segment.index == 0 else None,
+            time_base=None if timeline.constant_rate else timeline.time_base,
+            display_matrix=display_matrix(source),
         ) as writer:
             # Decode ahead and encode behind the network, two chunks of slack each way.
             decoded = read_chunks(
@@ -323,6 +339,7 @@ class DerainStage:
                 stop=segment.stop,
                 info=info,
                 report=decode_report,
+                reorder=REORDER_WINDOW if timeline.out_of_order else 0,
             )
             # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
             middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None
@@ -331,7 +348,7 @@ class DerainStage:
             # the network takes minutes per such frame, decoding a second.
             slack = 2 if chunk_frames > 1 else 1
             chunks = prefetch(tap_frame(decoded, middle, thumbs, "before"), depth=slack)
-            sink = BackgroundSink(writer.write, depth=slack)
+            sink = BackgroundSink(lambda item: writer.write(*item), depth=slack)
             if self.batcher:
                 self.batcher.register()
             try:
@@ -341,7 +358,9 @@ class DerainStage:
                 for frames, chunk_stats in drop_leading(derained, segment.warmup):
                     if middle is not None and len(stats) <= middle < len(stats) + len(frames):
                         thumbs["after"] = frames[middle - len(stats)].copy()
-                    sink.put(frames)
+                    pts = frame_times(timeline, segment.start + len(stats), len(frames))
+                    sink.put((frames, pts))
+                    times += pts
                     stats += chunk_stats
                     if on_frames:
                         on_frames(len(frames))
@@ -364,4 +383,5 @@ class DerainStage:
             thumbnail_before=thumbs.get("before"),
             thumbnail_after=thumbs.get("after"),
             incomplete=decode_report.shortfall((segment.stop or info.frames) - segment.warm_start),
+            timestamps_s=[float(p * timeline.time_base) for p in times],
         )
