@@ -47,13 +47,14 @@ class Timeline:
 
     ``pts`` is strictly increasing; empty for a constant-rate timeline, where frame i is at
     tick i. ``out_of_order``: the decoder will hand frames out in another order than their
-    time stamps (see the module docstring).
+    time stamps (see the module docstring). ``frames``: packets counted (0: not counted).
     """
 
     time_base: Fraction
     pts: tuple[int, ...] = ()
     constant_rate: bool = True
     out_of_order: bool = False
+    frames: int = 0
 
     def pts_for(self, index: int) -> int:
         """Frame ``index``'s time; past the last known frame (a decoder that gives more frames
@@ -69,8 +70,8 @@ class Timeline:
         return float(self.pts_for(index) * self.time_base)
 
 
-def constant_rate_timeline(fps: Fraction, *, out_of_order: bool = False) -> Timeline:
-    return Timeline(time_base=1 / writer_rate(fps), out_of_order=out_of_order)
+def constant_rate_timeline(fps: Fraction, *, out_of_order: bool = False, frames: int = 0):
+    return Timeline(time_base=1 / writer_rate(fps), out_of_order=out_of_order, frames=frames)
 
 
 def is_constant_rate(relative_pts: Sequence[int], time_base: Fraction, fps: Fraction) -> bool:
@@ -111,13 +112,23 @@ def timeline_from_packets(
     ordered = sorted(packet_pts)
     relative = [p - ordered[0] for p in ordered]
     if is_constant_rate(relative, time_base, fps):
-        return constant_rate_timeline(fps, out_of_order=out_of_order)
+        return constant_rate_timeline(fps, out_of_order=out_of_order, frames=len(ordered))
     return Timeline(
         time_base=Fraction(time_base),
         pts=tuple(strictly_increasing(relative)),
         constant_rate=False,
         out_of_order=out_of_order,
+        frames=len(ordered),
     )
+
+
+def expected_frames(declared: int, timeline: Timeline) -> int:
+    """How many frames a complete decode gives: the container's count, except for a variable
+    rate, where a container without one (Matroska) only yields duration × average rate and
+    the packets counted are the better number."""
+    if not timeline.constant_rate and timeline.frames:
+        return timeline.frames
+    return declared
 
 
 def read_timeline(path: str | Path, fps: Fraction) -> Timeline:

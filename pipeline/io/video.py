@@ -422,6 +422,40 @@ def muxer_options(options: EncodeOptions, time_base: Fraction) -> dict[str, str]
     return {"movie_timescale": str(mov_track_timescale(time_base))}
 
 
+@dataclass
+class _TrackSpan:
+    """What an MP4 video track needs to last from its first frame to the end of its last.
+
+    The MP4 muxer measures a track by its decode times plus the last packet's duration. x264
+    gives variable-rate packets no duration and decode times that trail the presentation times
+    by its B-frame delay (frames, not ticks), so a variable-rate track would read as far shorter
+    than it shows (10 frames over 1.24 s: 0.82 s). The last packet's duration makes up the
+    difference; the last frame lasts one frame at the declared rate (as Matroska counts it).
+    """
+
+    frame_ticks: int
+    first_pts: int | None = None
+    last_pts: int | None = None
+    first_dts: int | None = None
+
+    def saw(self, pts: int, packets) -> None:
+        self.first_pts = pts if self.first_pts is None else self.first_pts
+        self.last_pts = pts
+        for packet in packets:
+            if self.first_dts is None and packet.dts is not None:
+                self.first_dts = packet.dts
+
+    def stretch_last(self, packets) -> None:
+        if not packets or self.first_pts is None:
+            return
+        self.saw(self.last_pts, packets)  # the flush may hold the first packets of all
+        last = packets[-1]
+        if last.dts is None or self.first_dts is None:
+            return
+        span = self.last_pts + self.frame_ticks - self.first_pts
+        last.duration = max(last.duration or 0, span - (last.dts - self.first_dts))
+
+
 class VideoWriter:
     """Encode frames to a temp file; :meth:`commit` renames it to ``final_path``.
 
@@ -477,6 +511,10 @@ class VideoWriter:
             stream.set_display_matrix(list(display_matrix))
         self._stream = stream
         self.frames_written = 0
+        # Variable-rate MP4: the track's length is stretched to the last frame's end at commit.
+        self._span: _TrackSpan | None = None
+        if time_base is not None and not options.lossless:
+            self._span = _TrackSpan(frame_ticks=max(1, round(1 / (rate * clock))))
         self._audio = None
         try:
             self._audio = open_audio_copy(self._container, audio_source, options)
@@ -496,6 +534,8 @@ class VideoWriter:
                 packets = self._first_encode(frame)  # FFmpeg opens the encoder here
             else:
                 packets = self._stream.encode(frame)
+            if self._span is not None:
+                self._span.saw(frame.pts, packets)
             self._container.mux(packets)
             self.frames_written += 1
 
@@ -513,7 +553,10 @@ class VideoWriter:
             raise VideoError(f"{hint} ({type(exc).__name__}: {exc})") from exc
 
     def commit(self) -> Path:
-        self._container.mux(self._stream.encode(None))
+        packets = self._stream.encode(None)
+        if self._span is not None:
+            self._span.stretch_last(packets)
+        self._container.mux(packets)
         if self._audio:
             audio, self._audio = self._audio, None
             copy_audio(audio, self._container)
@@ -541,10 +584,8 @@ class VideoWriter:
             self.abort()
 
 
-def _mux_video_packets(
-    container, in_stream, out_stream, out_container, last_dts: int | None
-) -> int | None:
-    """Copy one part's video packets after the previous part's; returns the last dts.
+def _joined_packets(container, in_stream, last_dts: int | None) -> Iterator:
+    """One part's video packets, decode times set to follow the previous part's ``last_dts``.
 
     Parts carry their frames' own presentation times (a segment writes the source's times for
     its frames), so pts are copied as they are. Decode times are pulled back to follow the
@@ -570,9 +611,23 @@ def _mux_video_packets(
                 "after it shows (parts overlap in time?)"
             )
         packet.dts = last_dts = dts
-        packet.stream = out_stream
-        out_container.mux(packet)
-    return last_dts
+        yield packet
+
+
+def _stream_end(stream) -> int | None:
+    """Where a part's video track ends (its first frame's time plus its length), if known."""
+    if stream.start_time is None or not stream.duration:
+        return None
+    return stream.start_time + stream.duration
+
+
+def _stretch_to(packet, first_pts: int, first_dts: int, end: int | None) -> None:
+    """Give the joined track's last packet the duration that makes it end at ``end`` (the
+    last part's end), as :class:`_TrackSpan` did for each part; never shortens it."""
+    if end is None or packet.dts is None:
+        return
+    needed = (end - first_pts) - (packet.dts - first_dts)
+    packet.duration = max(packet.duration or 0, needed)
 
 
 def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions) -> Path:
@@ -603,13 +658,25 @@ def concat_videos(parts: list[Path], final_path: Path, *, options: EncodeOptions
                 template = first.streams.video[0]
                 out_stream = out.add_stream_from_template(template)
             audio = open_audio_copy(out, parts[0], options)
-            last_dts = None
+            # Each packet is muxed when the next one arrives: the last one's duration is set
+            # (MP4) so that the joined track lasts as long as its frames show.
+            pending, last_dts, first, end = None, None, None, None
             for part in parts:
                 with av.open(str(part)) as container:
                     stream = container.streams.video[0]
                     if stream.time_base != time_base:
                         raise VideoError(f"{part}: time base differs from the first part's")
-                    last_dts = _mux_video_packets(container, stream, out_stream, out, last_dts)
+                    for packet in _joined_packets(container, stream, last_dts):
+                        first = first or (packet.pts, packet.dts)
+                        last_dts, packet.stream = packet.dts, out_stream
+                        if pending is not None:
+                            out.mux(pending)
+                        pending = packet
+                    end = _stream_end(stream)
+            if pending is not None:
+                if not options.lossless:
+                    _stretch_to(pending, *first, end)
+                out.mux(pending)
             if audio:
                 copy_audio(audio, out)
         chmod_like_new_file(tmp)

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.overlap import BackgroundSink, prefetch
-from pipeline.io.timing import REORDER_WINDOW, Timeline, display_matrix, read_timeline
+from pipeline.io.timing import (
+    REORDER_WINDOW,
+    Timeline,
+    display_matrix,
+    expected_frames,
+    read_timeline,
+)
 from pipeline.io.video import DecodeReport, VideoWriter, probe, read_chunks
 from pipeline.stage.config import Resources, StageConfig
 from pipeline.stage.segments import Segment
@@ -318,6 +324,7 @@ class DerainStage:
         chunk_frames = chunk_frames_for(info.width, info.height, self.config)
         segment = segment or Segment(0, 0, None, 0)
         timeline = read_timeline(source, info.fps)
+        expected = expected_frames(info.frames, timeline)
         stats: list[FrameStats] = []
         times: list[int] = []
         decode_report = DecodeReport()
@@ -342,7 +349,7 @@ class DerainStage:
                 reorder=REORDER_WINDOW if timeline.out_of_order else 0,
             )
             # Segment 0 (a whole video, or the first part of a split one) keeps a thumbnail.
-            middle = ((segment.stop or info.frames) // 2) if segment.index == 0 else None
+            middle = ((segment.stop or expected) // 2) if segment.index == 0 else None
             thumbs: dict[str, np.ndarray] = {}
             # Frames so big that a chunk is one frame (8K: 100 MB each) keep one chunk of slack:
             # the network takes minutes per such frame, decoding a second.
@@ -382,6 +389,8 @@ class DerainStage:
             tiles=len(grid) if grid is not None else 1,
             thumbnail_before=thumbs.get("before"),
             thumbnail_after=thumbs.get("after"),
-            incomplete=decode_report.shortfall((segment.stop or info.frames) - segment.warm_start),
+            incomplete=decode_report.shortfall(
+                min(segment.stop or expected, expected) - segment.warm_start
+            ),
             timestamps_s=[float(p * timeline.time_base) for p in times],
         )
