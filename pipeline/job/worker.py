@@ -54,7 +54,8 @@ def frame_rows(result: VideoResult, first_index: int = 0) -> FrameRows:
     from the first frame), or ``index / fps`` for a result that carries none."""
     rows = FrameRows()
     times = result.timestamps_s
-    for k, (index, stats) in enumerate(enumerate(result.frame_stats, start=first_index)):
+    for k, stats in enumerate(result.frame_stats):
+        index = first_index + k
         rows.frame_index.append(index)
         if k < len(times):
             rows.timestamp_s.append(times[k])
