@@ -87,13 +87,17 @@ def test_archive_on_s3_writes_outputs_and_committed_manifests(s3, tmp_path, tiny
     pairs = {(f["video_id"], f["frame_index"]) for f in frames}
     assert len(pairs) == len(frames)  # every frame exactly once
     assert all(0 <= f["alpha_mean"] <= 1 and f["alpha_p95"] >= 0 for f in frames)
-    # Readers of the hive layout work too (pyarrow.dataset over s3fs).
-    import pyarrow.dataset as ds
+    # The tables are Delta tables on S3: any Delta reader sees the same committed rows.
+    import polars as pl
 
-    dataset = ds.dataset(
-        f"{bucket}/out/_manifests/frames", filesystem=fs, format="parquet", partitioning="hive"
+    from pipeline.io.delta import delta_storage_options
+
+    delta_options = delta_storage_options(store.location)
+    polars_frames = pl.read_delta(
+        f"s3://{bucket}/out/_manifests/frames", storage_options=delta_options
     )
-    assert dataset.to_table().num_rows == len(frames)
+    assert polars_frames.height == len(frames)
+    assert not fs.exists(f"{bucket}/out/_manifests/_pending")  # staged rows are cleaned up
 
     again = run_archive(
         job_for(bucket, options),
@@ -102,6 +106,13 @@ def test_archive_on_s3_writes_outputs_and_committed_manifests(s3, tmp_path, tiny
         model_version="test",
     )
     assert (again.ok, again.failed, again.skipped) == (0, 2, 3)  # failures are retried
+    skipped = [r for r in store.read("videos", run_id=again.run_id).to_pylist()
+               if r["status"] == "skipped"]  # fmt: skip
+    assert len(skipped) == 3
+    for row in skipped:  # the run's model; no measurements (those are on the earlier ok row)
+        assert (row["model_name"], row["model_version"], row["frames"]) == ("j4r-tiny", "test", 0)
+        assert row["fps"] is None and row["alpha_mean"] is None and row["output_url"] is None
+    assert [c["run_id"] for c in store.commits()] == [summary.run_id, again.run_id]
     forced = run_archive(
         job_for(bucket, options, force=True),
         sequential(tiny_checkpoint),
@@ -157,6 +168,48 @@ def test_interrupted_run_resumes_and_commits_every_frame_once(s3, tmp_path, tiny
     assert len(frames) == 15
     assert len({(f["video_id"], f["frame_index"]) for f in frames}) == 15
     assert store.uncommitted_runs() == []
+
+
+@pytest.mark.parametrize("dies", ["before videos", "after videos"])
+def test_killed_mid_commit(s3, tmp_path, tiny_checkpoint, monkeypatch, dies):
+    """The commit is three Delta commits (frames, videos, runs). A driver dying between two of
+    them (or after one landed, before it knew) leaves an intent; the next run completes it
+    and every row is there exactly once."""
+    import pipeline.io.delta as delta
+
+    fs, bucket, options = s3
+    upload_archive(fs, bucket, tmp_path, {k: v for k, v in SPECS.items() if k != "zero.mov"})
+    runner = sequential(tiny_checkpoint)
+    real_append = delta.append_once
+
+    def dying_append(location, relative, data, **kw):
+        if relative == "videos":
+            if dies == "after videos":
+                real_append(location, relative, data, **kw)
+            raise Interrupted
+        return real_append(location, relative, data, **kw)
+
+    monkeypatch.setattr(delta, "append_once", dying_append)
+    with pytest.raises(Interrupted):
+        run_archive(job_for(bucket, options), runner, model_name="j4r-tiny", model_version="test")
+    monkeypatch.setattr(delta, "append_once", real_append)
+    store = store_of(bucket, options)
+    (first,) = store.uncommitted_runs()  # no runs row yet
+    assert store.read("frames").num_rows == 15  # the frames commit had landed
+    assert store.read("videos").num_rows == (4 if dies == "after videos" else 0)
+
+    again = run_archive(
+        job_for(bucket, options), runner, model_name="j4r-tiny", model_version="test"
+    )
+    assert [c["run_id"] for c in store.commits()] == [first["run_id"], again.run_id]
+    assert store.uncommitted_runs() == []
+    assert (again.ok, again.failed, again.skipped) == (0, 1, 3)  # the interrupted run's work
+    videos = store.read("videos", run_id=first["run_id"]).to_pylist()
+    assert sorted(r["status"] for r in videos) == ["failed", "ok", "ok", "ok"]
+    frames = store.read("frames").to_pylist()
+    assert len(frames) == 15
+    assert len({(f["run_id"], f["video_id"], f["frame_index"]) for f in frames}) == 15
+    assert not fs.exists(f"{bucket}/out/_manifests/_intents/{first['run_id']}.json")
 
 
 def run_on_ray(bucket, options, checkpoint, workers, clips_per_worker=1):

@@ -260,12 +260,19 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
         "manifest",
         help="summarise the runs recorded under a destination",
         description="Lists the committed runs in DST/_manifests (or --manifest) with their "
-        "counts, and any run that never committed (interrupted: re-running resumes it).",
+        "counts, and any run that never committed (interrupted: re-running resumes it); "
+        "--migrate copies old (version 1) manifests into the Delta tables.",
     )
     p.add_argument("dst", help="the destination given to `derain run`")
     p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
     _add_storage_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--migrate",
+        action="store_true",
+        help="copy manifests of the old (version 1, Parquet + _commits/) layout into the "
+        "Delta tables, holding DST's claim; safe to repeat",
+    )
     p.set_defaults(handler=_lazy("pipeline.cli.manifest:manifest_command"))
 
 

@@ -19,22 +19,44 @@ def open_store(args: argparse.Namespace):
     return url, ManifestStore(open_location(url, storage_options(args)))
 
 
+def migrate_command(args: argparse.Namespace) -> int:
+    from pipeline.cli.common import storage_options
+    from pipeline.job.archive import migrate_manifests
+
+    with usage_errors(ValueError, OSError):
+        migrated = migrate_manifests(args.dst, storage_options(args), args.manifest)
+    print(f"derain manifest: migrated {len(migrated)} run(s) to the Delta tables")
+    for run_id in migrated:
+        print(f"  {run_id}")
+    return EXIT_OK
+
+
 def manifest_command(args: argparse.Namespace) -> int:
+    if args.migrate:
+        return migrate_command(args)
     with usage_errors(ValueError, OSError):
         url, store = open_store(args)
         commits = store.commits()
         pending = store.uncommitted_runs()
+        old = store.v1_runs_to_migrate()
     if args.json:
         print(
             json.dumps(
                 {
-                    "committed": [{k: v for k, v in c.items() if k != "files"} for c in commits],
+                    "committed": commits,
                     "uncommitted": pending,
+                    "v1_unmigrated": [c["run_id"] for c in old],
                 },
                 indent=2,
+                default=str,
             )
         )
         return EXIT_OK
+    if old:
+        print(
+            f"{len(old)} run(s) in the old (version 1) layout, not in the tables yet: "
+            "`derain manifest --migrate DST` copies them"
+        )
     if not commits and not pending:
         print(f"derain manifest: no runs under {url}")
         return EXIT_OK

@@ -113,7 +113,7 @@ def _resume(store: ManifestStore, job: ArchiveJob, model_version: str):
         if not same:
             continue
         files = store.run_files(run["run_id"])
-        rows = store.read("videos", files).select(["video_id", "status"]).to_pylist()
+        rows = store.read_files("videos", files).select(["video_id", "status"]).to_pylist()
         finished = {r["video_id"] for r in rows if r["status"] == "ok"}
         # Keep the shards of finished videos; failed ones are tried again.
         keep = [f for f in files if posixpath.basename(f).split("-")[0] in finished]
@@ -121,20 +121,23 @@ def _resume(store: ManifestStore, job: ArchiveJob, model_version: str):
     return None, [], set()
 
 
-def skipped_row(task: VideoTask, run_id: str, model_version: str) -> VideoRow:
+def skipped_row(task: VideoTask, run_id: str, model_name: str, model_version: str) -> VideoRow:
+    """A video done by an earlier committed run with the same model: the run's model, and no
+    measurements (they are on that run's ``ok`` row; see docs/manifests.md)."""
     now = datetime.now(UTC)
     return VideoRow.for_source(
         run_id,
         task.video_id,
         task.source,
         "skipped",
+        model_name=model_name,
         model_version=model_version,
         started_at=now,
         finished_at=now,
     )
 
 
-def refused_row(source: SourceObject, run_id: str, model_version: str) -> VideoRow:
+def refused_row(source: SourceObject, run_id: str, model_name: str, model_version: str) -> VideoRow:
     """A listed object that is never processed (an unsafe key): failed, with the reason."""
     now = datetime.now(UTC)
     return VideoRow.for_source(
@@ -144,6 +147,7 @@ def refused_row(source: SourceObject, run_id: str, model_version: str) -> VideoR
         "failed",
         error_type="StorageError",
         error_message=f"not processed: {source.refused}; rename the object",
+        model_name=model_name,
         model_version=model_version,
         started_at=now,
         finished_at=now,
@@ -218,6 +222,8 @@ def plan_run(
         job.source, job.destination, list(output_keys(listing, job.encode.extension).values())
     )
     store = manifest_store(job)
+    store.recover()  # a commit a killed driver left half-done is completed first
+    store.check_layout()
     done = done_video_ids(store.read("videos"), model_version)
     run_id, files, finished_before = _resume(store, job, model_version)
     if run_id is None:
@@ -282,7 +288,7 @@ def execute_run(
 ) -> RunSummary:
     """De-rain the planned videos on ``runner``; one manifest shard per finished video.
 
-    The shards are not visible to readers until :func:`commit_run` writes the commit record.
+    The shards are staged, not visible to readers until :func:`commit_run` commits them.
     When the circuit breaker trips, the videos still running are abandoned and the summary
     says why (``stopped``); what finished is in ``files``, ready to commit.
     """
@@ -330,13 +336,18 @@ def execute_run(
                 close()
             break
     if plan.refused and not summary.stopped:
-        rows = [refused_row(source, plan.run_id, plan.model_version) for source in plan.refused]
+        rows = [
+            refused_row(source, plan.run_id, plan.model_name, plan.model_version)
+            for source in plan.refused
+        ]
         summary.files += store.write_videos(rows, shard="refused")
         summary.failed += len(rows)
         summary.failures += [(r.source_url, f"{r.error_type}: {r.error_message}") for r in rows]
     newly_skipped = [t for t in plan.skipped if t.video_id not in plan.finished_before]
     if newly_skipped:
-        rows = [skipped_row(t, plan.run_id, plan.model_version) for t in newly_skipped]
+        rows = [
+            skipped_row(t, plan.run_id, plan.model_name, plan.model_version) for t in newly_skipped
+        ]
         summary.files += store.write_videos(rows, shard="skipped")
     summary.skipped = len(newly_skipped)
     summary.ok += len(plan.finished_before)
@@ -345,8 +356,10 @@ def execute_run(
 
 
 def commit_run(plan: RunPlan, summary: RunSummary) -> None:
-    """Write the run's commit record (last): from now on readers see ``summary.files``."""
+    """Commit the run to the manifest tables: from now on readers see ``summary.files``."""
     record = {
+        "source": plan.job.source,
+        "destination": plan.job.destination,
         "ok": summary.ok,
         "failed": summary.failed,
         "partial": summary.partial,
@@ -399,3 +412,22 @@ def run_archive(
     if summary.stopped:
         raise RunStopped(f"run {summary.run_id} {summary.stopped}", summary)
     return summary
+
+
+def migrate_manifests(
+    destination: str, storage_options: dict[str, Any] | None = None, manifest: str | None = None
+) -> list[str]:
+    """Copy the version-1 manifests under ``destination`` into the Delta tables
+    (``derain manifest --migrate``); returns the migrated run ids.
+
+    Holds the destination's claim, so no run commits meanwhile; safe to run again (runs
+    already in the tables are not copied twice).
+    """
+    options = storage_options or {}
+    url = manifest or default_manifest_url(destination)
+    with claimed(destination, options, info={"destination": destination, "migrate": url}):
+        store = ManifestStore(open_location(url, options))
+        store.recover()
+        migrated = store.migrate_v1()
+    logger.info("migrated %d run(s) to the Delta tables at %s", len(migrated), url)
+    return migrated

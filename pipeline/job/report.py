@@ -110,19 +110,18 @@ def build_report(store: ManifestStore, run_id: str | None = None, *, detail: int
     if run_id is not None and run_id not in by_id:
         raise LookupError(f"run {run_id} is not committed (committed: {', '.join(by_id)})")
     commit = by_id[run_id] if run_id else commits[-1]
-    files = commit["files"]
-    rows = store.read("videos", files).to_pylist()
+    rows = store.read("videos", run_id=commit["run_id"]).to_pylist()
     report = RunReport(commit["run_id"], commit, video_table(rows))
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["source_key"])
     for row in ok[:detail]:
-        report.sections.append(_section(store, report, row, files))
+        report.sections.append(_section(store, report, row))
     return report
 
 
-def _section(store, report: RunReport, row: dict[str, Any], files: list[str]) -> dict[str, Any]:
+def _section(store, report: RunReport, row: dict[str, Any]) -> dict[str, Any]:
     video_id = row["video_id"]
-    shards = [f for f in files if posixpath.basename(f).startswith(video_id + "-")]
-    alpha = store.read("frames", shards).sort_by("frame_index").column("alpha_mean").to_pylist()
+    frames = store.read("frames", run_id=report.run_id, video_id=video_id)
+    alpha = frames.sort_by("frame_index").column("alpha_mean").to_pylist()
     plot = f"alpha-{video_id}.png"
     report.images[plot] = alpha_plot_png(alpha, row["fps"])
     section = {"video": row["source_key"], "output": row["output_url"], "plot": plot}
