@@ -93,24 +93,28 @@ def run_videos(run_plan: RunPlan, stage: StageConfig, runner: RunnerSettings) ->
     from pipeline.runtime.runners import build_runner
 
     logger = get_run_logger()
-    total = max(1, len(run_plan.todo))
     progress_id = create_progress_artifact(
-        0.0, key="derain-progress", description=f"videos done in run {run_plan.run_id}"
+        0.0, key="derain-progress", description=f"frames done in run {run_plan.run_id}"
     )
-    done = 0
 
-    def on_result(video, row) -> None:
-        nonlocal done
-        done += 1
-        if row.status == "partial":
+    def on_result(video, row) -> None:  # one line per finished video in the flow run's logs
+        if row.status == "ok":
+            logger.info("%s done: %d frames", video.source.url, row.frames)
+        elif row.status == "partial":
             logger.warning("%s partial (output kept): %s", video.source.url, row.error_message)
-        elif row.status != "ok":
+        else:
             logger.warning("%s failed: %s: %s", video.source.url, row.error_type, row.error_message)
-        update_progress_artifact(progress_id, 100.0 * done / total)
+
+    def on_progress(progress) -> None:  # in frames: a long video's segments move it
+        if progress.frames_total:
+            done = 100.0 * min(1.0, progress.frames_done / progress.frames_total)
+        else:
+            done = 100.0 * progress.videos_done / max(1, progress.videos_total)
+        update_progress_artifact(progress_id, done)
 
     workers = build_runner(stage, runner)
     try:
-        summary = execute_run(run_plan, workers, on_result)
+        summary = execute_run(run_plan, workers, on_result, on_progress)
     finally:
         workers.close()
     update_progress_artifact(progress_id, 100.0)

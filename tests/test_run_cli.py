@@ -46,8 +46,14 @@ def make_archive(root):
 def test_report_of_the_latest_run_lists_videos_with_plots_and_thumbnails(
     tmp_path, tiny_checkpoint, capsys
 ):
-    assert main(["report", str(tmp_path / "out")]) == 2  # nothing committed yet
-    assert "no committed runs" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "out")]) == 2  # no such destination
+    assert main(["manifest", str(tmp_path / "out")]) == 2  # the same answer
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    assert main(["report", str(tmp_path / "out")]) == 0  # exists, nothing committed yet
+    assert main(["manifest", str(tmp_path / "out")]) == 0  # the same answer
+    out = capsys.readouterr().out
+    assert "no committed runs" in out and "no runs under" in out
     make_archive(tmp_path / "in")
     derain_run(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
     capsys.readouterr()
