@@ -75,7 +75,7 @@ def parse_storage_options(pairs: list[str], endpoint_url: str | None = None) -> 
 S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 3,
     "read_timeout": 60,
-    "retries": {"mode": "standard", "max_attempts": 4},
+    "retries": {"mode": "standard", "max_attempts": 3},  # retries after the first try
 }
 
 
