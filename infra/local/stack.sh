@@ -14,7 +14,8 @@
 # /tmp/derain-ray-HASH instead (DERAIN_RAY_TEMP), HASH unique per stack folder. A Ray that fails
 # to start is stopped again, with the errors of its session logs. Ports: DERAIN_S3_PORT (9000),
 # DERAIN_PREFECT_PORT (4200), DERAIN_RAY_PORT (6379), DERAIN_RAY_DASHBOARD_PORT (8265),
-# DERAIN_RAY_CLIENT_PORT (10001). The S3 keys in the env file are moto's dummy test values.
+# DERAIN_RAY_CLIENT_PORT (10001). start waits up to DERAIN_STACK_WAIT_S (180) s per service.
+# The S3 keys in the env file are moto's dummy test values.
 #
 # On a laptop run it directly. On the shared build machines Ray binds to the routable address
 # unless only loopback exists, so run the stack AND everything that uses it inside ONE network
@@ -31,6 +32,8 @@ RAY_PORT=${DERAIN_RAY_PORT:-6379}
 RAY_DASHBOARD_PORT=${DERAIN_RAY_DASHBOARD_PORT:-8265}
 RAY_CLIENT_PORT=${DERAIN_RAY_CLIENT_PORT:-10001}
 POOL=derain-local
+# How long start waits for each service to answer (a busy machine needs minutes).
+WAIT_S=${DERAIN_STACK_WAIT_S:-180}
 BUCKET=${DERAIN_BUCKET:-derain-archive}
 LOGS=$STACK/logs
 PIDS=$STACK/pids
@@ -165,8 +168,8 @@ start_ray() {
     --include-dashboard true --ray-client-server-port "$RAY_CLIENT_PORT" \
     --temp-dir "$RAY_TEMP" --num-cpus "${DERAIN_RAY_CPUS:-$(nproc)}" \
     --disable-usage-stats > "$LOGS/ray.log" 2>&1 || ray_abort "ray start failed"
-  ray_wait 60 ray_ok || ray_abort "ray started but its GCS reports no live node after 60 s"
-  ray_wait 60 jobs_api_ok || ray_abort "ray started but its Jobs API does not answer after 60 s"
+  ray_wait "$WAIT_S" ray_ok || ray_abort "ray's GCS reports no live node after ${WAIT_S}s"
+  ray_wait "$WAIT_S" jobs_api_ok || ray_abort "ray's Jobs API does not answer after ${WAIT_S}s"
   ray_pids > "$PIDS/ray"
   log "ray head on $RAY_ADDRESS, jobs API $RAY_API_SERVER_ADDRESS, pids $(tr '\n' ' ' < "$PIDS/ray")"
 }
@@ -186,7 +189,7 @@ start() {
   else
     port_free "$S3_PORT" || die "port $S3_PORT is taken (set DERAIN_S3_PORT)"
     start_bg s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
-    wait_for s3 30 s3_ok
+    wait_for s3 "$WAIT_S" s3_ok
     log "s3 (moto) on $AWS_ENDPOINT_URL, pid $(cat "$PIDS/s3")"
   fi
   timeout 60 "$BIN/python" -c 'import os, sys, s3fs
@@ -194,16 +197,17 @@ fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_U
 fs.exists(sys.argv[1]) or fs.mkdir(sys.argv[1])' "$BUCKET" > "$LOGS/bucket.log" 2>&1 ||
     die "could not create bucket $BUCKET; log: $LOGS/bucket.log"
 
+  start_ray  # before the Prefect server: a Ray that cannot start fails the stack early
+
   if alive prefect-server; then
     log "prefect server already running (pid $(cat "$PIDS/prefect-server"))"
   else
     port_free "$PREFECT_PORT" || die "port $PREFECT_PORT is taken (set DERAIN_PREFECT_PORT)"
     start_bg prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-    wait_for prefect-server 90 prefect_ok
+    wait_for prefect-server "$WAIT_S" prefect_ok
     log "prefect server on $PREFECT_API_URL, pid $(cat "$PIDS/prefect-server")"
   fi
 
-  start_ray
   "$BIN/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 ||
     "$BIN/prefect" work-pool create "$POOL" --type process > "$LOGS/work-pool.log" 2>&1 ||
     die "could not create work pool $POOL; log: $LOGS/work-pool.log"
@@ -213,7 +217,7 @@ fs.exists(sys.argv[1]) or fs.mkdir(sys.argv[1])' "$BUCKET" > "$LOGS/bucket.log" 
   else
     start_bg prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process \
       --name "$POOL-$(hostname)"
-    wait_for prefect-worker 90 worker_ok
+    wait_for prefect-worker "$WAIT_S" worker_ok
     log "prefect worker for pool $POOL, pid $(cat "$PIDS/prefect-worker")"
   fi
   log "ready: . $ENV_FILE"
