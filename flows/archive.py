@@ -10,6 +10,7 @@ overlapping nightly runs never do the same work).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -93,24 +94,28 @@ def run_videos(run_plan: RunPlan, stage: StageConfig, runner: RunnerSettings) ->
     from pipeline.runtime.runners import build_runner
 
     logger = get_run_logger()
-    total = max(1, len(run_plan.todo))
     progress_id = create_progress_artifact(
-        0.0, key="derain-progress", description=f"videos done in run {run_plan.run_id}"
+        0.0, key="derain-progress", description=f"frames done in run {run_plan.run_id}"
     )
-    done = 0
 
-    def on_result(video, row) -> None:
-        nonlocal done
-        done += 1
-        if row.status == "partial":
+    def on_result(video, row) -> None:  # one line per finished video in the flow run's logs
+        if row.status == "ok":
+            logger.info("%s done: %d frames", video.source.url, row.frames)
+        elif row.status == "partial":
             logger.warning("%s partial (output kept): %s", video.source.url, row.error_message)
-        elif row.status != "ok":
+        else:
             logger.warning("%s failed: %s: %s", video.source.url, row.error_type, row.error_message)
-        update_progress_artifact(progress_id, 100.0 * done / total)
+
+    def on_progress(progress) -> None:  # in frames: a long video's segments move it
+        if progress.frames_total:
+            done = 100.0 * min(1.0, progress.frames_done / progress.frames_total)
+        else:
+            done = 100.0 * progress.videos_done / max(1, progress.videos_total)
+        update_progress_artifact(progress_id, done)
 
     workers = build_runner(stage, runner)
     try:
-        summary = execute_run(run_plan, workers, on_result)
+        summary = execute_run(run_plan, workers, on_result, on_progress)
     finally:
         workers.close()
     update_progress_artifact(progress_id, 100.0)
@@ -124,22 +129,57 @@ def commit(run_plan: RunPlan, summary: RunSummary) -> None:
 
 @task(name="report", **STORAGE_RETRIES)
 def publish_report(job: ArchiveJob, run_id: str) -> str:
-    """The report file beside the manifests, and the same report as Prefect artifacts."""
-    from pipeline.job.report import build_report, data_uri, render_markdown, write_report
+    """The report file beside the manifests, and the same report as Prefect artifacts. The
+    artifact links its images to the PNG files written beside the report (inlined as base64
+    they made every artifact megabytes long in Prefect's database)."""
+    from pipeline.job.report import build_report, render_markdown, write_report
 
     store = manifest_store(job)
     report = build_report(store, run_id)
     url = write_report(store, report)
     create_table_artifact(report.videos, key="derain-videos", description=f"run {run_id}")
-    markdown = render_markdown(report, image_link=lambda name: data_uri(report.images[name]))
+    folder = url.rsplit("/", 1)[0]
+    markdown = render_markdown(report, image_link=lambda name: f"{folder}/{name}")
     create_markdown_artifact(markdown, key="derain-report", description=f"run {run_id}: {url}")
     return url
 
 
+# Settings a run may take from the Prefect server instead of its parameters:
+# parameter -> (Prefect Variable, environment variable of the worker, the fallback).
+SETTINGS = {
+    "source": ("derain_source", "DERAIN_SOURCE"),
+    "destination": ("derain_destination", "DERAIN_DESTINATION"),
+    "model_registry": ("derain_models", "DERAIN_MODELS"),
+}
+
+
+def configured(name: str, value: str | None, *, required: bool = True) -> str | None:
+    """``value`` when the run was given one; else the Prefect Variable named in
+    :data:`SETTINGS` (``prefect variable set derain_source s3://...``); else the worker's
+    environment variable. A ``{{ $VAR }}`` that `prefect deploy` could not fill counts as unset."""
+    from prefect.variables import Variable
+
+    if value and "{{" not in value:
+        return value
+    variable, env = SETTINGS[name]
+    found, origin = Variable.get(variable, default=None), f"Prefect Variable {variable}"
+    if not found:
+        found, origin = os.environ.get(env), f"${env}"
+    if found:
+        get_run_logger().info("%s from %s: %s", name, origin, found)
+        return str(found)
+    if required or value:
+        raise UsageError(
+            f"no {name}: pass it as a parameter, set the Prefect Variable {variable} "
+            f"(`prefect variable set {variable} VALUE`), or set {env} before `prefect deploy`"
+        )
+    return None
+
+
 @flow(name=FLOW_NAME, log_prints=False)
 def derain_archive(
-    source: str,
-    destination: str,
+    source: str | None = None,
+    destination: str | None = None,
     manifest: str | None = None,
     storage_options: dict[str, Any] | None = None,
     ray_address: str | None = None,
@@ -174,16 +214,9 @@ def derain_archive(
     stores parameters: keep credentials out of ``storage_options`` (workers use the AWS chain:
     env, profile, role).
     """
-    for name, value in {
-        "source": source,
-        "destination": destination,
-        "model_registry": model_registry,
-    }.items():
-        if value and "{{" in value:
-            raise UsageError(
-                f"parameter {name}={value!r} was never filled in: set the environment variable "
-                "it names before `prefect deploy`, or pass it with `--param` at run time"
-            )
+    source = configured("source", source)
+    destination = configured("destination", destination)
+    model_registry = configured("model_registry", model_registry, required=False)
     options = storage_options or {}
     encode = EncodeOptions(lossless=lossless, crf=crf)
     settings = RunnerSettings(kind=runner, address=ray_address, workers=workers)

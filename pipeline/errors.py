@@ -5,7 +5,8 @@ The data plane sorts failures with it: a ``DerainError`` or an ``OSError`` while
 processed fails that video alone (a ``failed`` row in the manifest, the run goes on); any other
 exception type is unexpected (a bug, CUDA out of memory) and stops the run once a few videos
 in a row fail with it (:class:`RunStopped`). The ``derain`` command turns a :class:`UsageError`
-into exit code 2.
+into exit code 2 and an :class:`InfrastructureError` (a storage endpoint, credentials or a Ray
+cluster the command needs is missing or unreachable) into exit code 3.
 
 j4r may not import pipeline, so j4r keeps its own ``j4r.checkpoint.CheckpointError``. The
 :class:`CheckpointError` here subclasses both ``DerainError`` and j4r's, and
@@ -51,6 +52,23 @@ class RunnerError(DerainError):
     """The runner cannot go on (a worker kept dying on the same video)."""
 
 
+class InfrastructureError(DerainError):
+    """A service the command needs is missing or unreachable: not the caller's arguments, not
+    the videos (exit code 3). The message says what to check."""
+
+
+class EndpointUnreachable(StorageError, InfrastructureError):
+    """The storage endpoint does not answer (refused, unresolvable, timed out)."""
+
+
+class CredentialsError(StorageError, InfrastructureError):
+    """No credentials for the store were found, or the store rejects them."""
+
+
+class RayUnavailable(RunnerError, InfrastructureError):
+    """The Ray cluster named by ``--address`` / ``RAY_ADDRESS`` cannot be joined."""
+
+
 class VideoFailures(DerainError):
     """Some videos failed; the run was committed and reported (the flow run ends failed)."""
 
@@ -92,10 +110,13 @@ def usage_errors(*types: type[BaseException]) -> Iterator[None]:
 
     For the checks a command makes before it starts work: a bad URL, checkpoint or option
     there is the caller's to fix.
+
+    An :class:`InfrastructureError` passes through unchanged: a dead endpoint or missing
+    credentials are not the caller's arguments (exit code 3, not 2).
     """
     try:
         yield
-    except UsageError:
+    except (UsageError, InfrastructureError):
         raise
     except (DerainError, *types) as exc:
         message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)

@@ -32,9 +32,9 @@ def test_train_export_eval_and_run(tmp_path, capsys):
             "clip.frames=3",
             "--set",
             "net.channels=6",
-            "--version",
+            "--model-version",
             "9.9",
-            "--export",
+            "--out",
             str(export),
         ]
     )

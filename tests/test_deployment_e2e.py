@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -146,3 +147,99 @@ def test_nightly_deployment_runs_on_a_real_prefect_server(s3, s3_endpoint, tmp_p
     assert (commit["ok"], commit["failed"], commit["frames"]) == (2, 0, 12)
     assert fs.exists(f"{bucket}/out/clip0.mp4") and fs.exists(f"{bucket}/out/clip1.mp4")
     assert fs.glob(f"{bucket}/out/_manifests/reports/run={commit['run_id']}/report.md")
+
+
+# -- the README's commands, as written, from a checkout at a long path ----------------------------
+
+README = REPO / "README.md"
+STACK_PORTS = (9000, 4200, 6379, 8265, 10001)  # the stack's defaults, which the README uses
+
+
+def readme_stack_commands() -> str:
+    """The README's step-by-step block for the local stack, verbatim."""
+    text = README.read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```bash")[1:]]
+    (block,) = [b.split("```", 1)[0] for b in blocks if "stack.sh start" in b]
+    return block
+
+
+def copy_checkout(destination: Path) -> None:
+    """The working tree as a checkout has it: tracked and not-ignored files (not .venv)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for relative in filter(None, listed):
+        source = REPO / relative
+        if relative == ".venv" or not source.is_file():
+            continue
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_readme_stack_commands_work_from_a_checkout_at_a_long_path(tmp_path):
+    if any(port_taken(p) for p in STACK_PORTS):
+        pytest.skip(f"one of the stack's default ports {STACK_PORTS} is taken here")
+    commands = readme_stack_commands()
+    assert "prefect deploy --all" not in commands  # nightly-k8s needs a pool the stack lacks
+    # Over 60 characters: Ray's sockets under <checkout>/.local-stack would pass 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="derain-readme-check-at-a-long-checkout-path-", dir="/tmp"))
+    checkout = root / "derain-archive"
+    assert len(str(checkout)) > 60
+    copy_checkout(checkout)
+    # `bash infra/local/setup.sh` would make .venv; this environment stands in for it.
+    (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    for i in range(2):  # what `bash infra/local/demo.sh` leaves in demo-out/rainy
+        write_video(
+            checkout / "demo-out" / "rainy" / f"clip{i}.mkv",
+            moving_frames_thwc_u8(6, 24, 32, seed=i),
+            fps=Fraction(25),
+        )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_"))},
+        "HOME": str(tmp_path),  # nothing in the real home folder (~/.ray, ~/.prefect)
+        "PYTHONPATH": str(checkout),  # the copy's code, not the installed package's
+        "DERAIN_RAY_CPUS": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    script = "set -e\n" + commands
+    marker = None
+    try:
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=checkout, env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        env_file = (checkout / ".local-stack" / "env").read_text()
+        (ray_temp,) = re.findall(r"^# Ray's temp dir \(sockets, session logs\): (\S+)$",
+                                 env_file, re.M)  # fmt: skip
+        marker = f"DERAIN_RAY_TAG={ray_temp}"
+        logs = "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+            for p in sorted((checkout / ".local-stack" / "logs").glob("*.log"))
+        )
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
+    finally:
+        subprocess.run(
+            ["bash", "infra/local/stack.sh", "stop"], cwd=checkout, env=env, timeout=120,
+            capture_output=True,
+        )  # fmt: skip
+    out = done.stdout
+    for service in ("s3", "prefect-server", "prefect-worker", "ray"):
+        assert f"{service}: up" in out, out  # `stack.sh status`, each service asked
+    assert "Completed" in out, out
+    assert "2 videos ok, 0 failed" in out, out  # `derain manifest "$DERAIN_DESTINATION"`
+    assert not ray_temp.startswith(str(checkout)) and len(ray_temp) < 40, ray_temp
+    sys.path.insert(0, str(REPO / "infra" / "local"))
+    import procs
+
+    assert procs.find(marker) == [], "Ray processes left after `stack.sh stop`"
+    assert not Path(ray_temp).exists()
+    shutil.rmtree(root, ignore_errors=True)

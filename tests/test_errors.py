@@ -115,3 +115,41 @@ def test_bad_arguments_are_one_usage_error(tmp_path, capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"derain {argv[0]}: ") and "Traceback" not in err
+
+
+def test_infrastructure_errors_are_project_errors_that_usage_checks_let_through():
+    from pipeline.errors import (
+        CredentialsError,
+        EndpointUnreachable,
+        InfrastructureError,
+        RayUnavailable,
+        RunnerError,
+        usage_errors,
+    )
+
+    for error in (EndpointUnreachable, CredentialsError, RayUnavailable):
+        assert issubclass(error, InfrastructureError) and issubclass(error, DerainError)
+    assert issubclass(EndpointUnreachable, StorageError) and issubclass(RayUnavailable, RunnerError)
+    with pytest.raises(EndpointUnreachable), usage_errors(OSError):
+        raise EndpointUnreachable("cannot reach x")  # exit 3, not turned into a usage error (2)
+    with pytest.raises(UsageError), usage_errors(OSError):
+        raise StorageError("bad key")
+
+
+def test_botocore_errors_are_classified_through_their_cause_chain():
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    from pipeline.errors import CredentialsError, EndpointUnreachable
+    from pipeline.io.storage import infrastructure_error
+
+    try:
+        try:
+            raise NoCredentialsError()
+        except NoCredentialsError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as wrapped:
+        assert isinstance(infrastructure_error(wrapped), CredentialsError)
+    dead = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    assert isinstance(infrastructure_error(dead), EndpointUnreachable)
+    assert infrastructure_error(FileNotFoundError("no such key")) is None
+    assert infrastructure_error(ValueError("a bug")) is None

@@ -199,7 +199,7 @@ def _black_hole() -> tuple[socket.socket, list[socket.socket], int]:
 
 
 @pytest.mark.parametrize("endpoint", ["refused", "black hole"])
-def test_unreachable_endpoint_is_one_line_exit_2_within_30_s(
+def test_unreachable_endpoint_is_one_line_exit_3_within_30_s(
     tmp_path, tiny_checkpoint, capsys, endpoint
 ):
     if endpoint == "refused":
@@ -217,7 +217,7 @@ def test_unreachable_endpoint_is_one_line_exit_2_within_30_s(
     if keep:
         for s in [keep[0], *keep[1]]:
             s.close()
-    assert code == 2
+    assert code == 3  # infrastructure, not usage
     line = one_line_error(capsys)
     assert "cannot reach" in line and f"127.0.0.1:{port}" in line
     assert elapsed < 30, elapsed

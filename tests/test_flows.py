@@ -63,7 +63,9 @@ def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_w
     (table,) = artifacts("derain-videos")
     assert "cam1/v1.mp4" in str(table.data)
     (markdown,) = artifacts("derain-report")
-    assert "data:image/png;base64," in markdown.data
+    folder = f"s3://{bucket}/out/_manifests/reports/run={first['run_id']}"
+    assert "data:image/png" not in markdown.data  # linked files, not inlined PNGs
+    assert f"]({folder}/alpha-" in markdown.data and f"]({folder}/thumb-" in markdown.data
     (progress,) = artifacts("derain-progress")
     assert float(progress.data) == 100.0
 
@@ -74,3 +76,30 @@ def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_w
     assert len(store_commits) == 2  # ... after its manifests were committed
     assert (store_commits[-1]["ok"], store_commits[-1]["skipped"]) == (0, 2)
     assert store_commits[-1]["failed"] == 1
+
+
+def test_settings_come_from_the_run_then_prefect_variables_then_the_environment(
+    prefect_harness, monkeypatch
+):
+    from prefect import flow
+    from prefect.variables import Variable
+
+    from flows.archive import configured
+    from pipeline.errors import UsageError
+
+    @flow
+    def resolve(value: str | None = None) -> str | None:
+        return configured("destination", value)
+
+    monkeypatch.setenv("DERAIN_DESTINATION", "s3://env/out")
+    assert resolve() == "s3://env/out"
+    assert resolve("{{ $DERAIN_DESTINATION }}") == "s3://env/out"  # never filled at deploy
+    Variable.set("derain_destination", "s3://variable/out", overwrite=True)
+    try:
+        assert resolve() == "s3://variable/out"  # the Variable before the environment
+        assert resolve("s3://given/out") == "s3://given/out"  # a parameter before both
+    finally:
+        Variable.unset("derain_destination")
+    monkeypatch.delenv("DERAIN_DESTINATION")
+    with pytest.raises(UsageError, match="prefect variable set derain_destination"):
+        resolve()

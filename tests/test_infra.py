@@ -440,7 +440,7 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
     }
     script = [str(INFRA / "local" / "stack.sh")]
 
-    def stack(action: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def stack(action: str, timeout: float = 900) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["bash", *script, action], env=env, capture_output=True, text=True, timeout=timeout
         )
@@ -448,11 +448,16 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
     sys.path.insert(0, str(INFRA / "local"))
     import procs
 
-    marker = f"DERAIN_RAY_TAG={stack_dir}/ray"
+    marker = None
     pids: list[int] = []
     try:
         started = stack("start")
         assert started.returncode == 0, started.stdout + started.stderr
+        # Ray's temp dir: short, outside the stack folder (its socket paths are limited)
+        (ray_temp,) = re.findall(r"^# Ray's temp dir \(sockets, session logs\): (\S+)$",
+                                 (stack_dir / "env").read_text(), re.M)  # fmt: skip
+        assert ray_temp.startswith("/tmp/derain-ray-") and len(ray_temp) < 40
+        marker = f"DERAIN_RAY_TAG={ray_temp}"
         for name in ("s3", "prefect-server", "prefect-worker"):
             pids.append(int((stack_dir / "pids" / name).read_text()))
         ray_pids = procs.find(marker)
@@ -483,20 +488,23 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
         assert "Active:" in ray_status.stdout
         status = stack("status")
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "online worker" in status.stdout and "has no" not in status.stdout
+        for service in ("s3", "prefect-server", "prefect-worker", "ray"):
+            assert f"{service}: up" in status.stdout, status.stdout
+        assert "DOWN" not in status.stdout
         again = stack("start")  # idempotent: nothing new is started
         assert again.returncode == 0 and "already running" in again.stderr
     finally:
         stopped = stack("stop")
         stopped_twice = stack("stop")
         left = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not zombie(pid)]
-        left += procs.find(marker)
+        left += procs.find(marker) if marker else []
         import shutil
 
         shutil.rmtree(stack_dir, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert stopped_twice.returncode == 0, stopped_twice.stderr
     assert not left, f"still running after stop: {left}"
+    assert not Path(ray_temp).exists()  # stop removes Ray's temp dir
     assert stack("status").returncode != 0
 
 
@@ -505,3 +513,47 @@ def zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_ray_that_cannot_start_is_stopped_and_its_error_reported(tmp_path):
+    """Ray's sockets live in its temp dir; a path over 107 bytes makes Ray fail half-way. The
+    stack must not stay half up: start exits 1 with Ray's own error, leaves no Ray process, and
+    status says Ray is down (it used to say "ray status ok")."""
+    stack_dir = Path("/tmp") / f"stk-fail-{os.getpid()}"
+    ray_temp = "/tmp/derain-ray-" + "far-too-long-for-unix-socket-paths-" * 2 + str(os.getpid())
+    env = {
+        **os.environ,
+        "DERAIN_STACK_DIR": str(stack_dir),
+        "DERAIN_VENV": str(BIN.parent),
+        "DERAIN_RAY_CPUS": "1",
+        "DERAIN_RAY_TEMP": ray_temp,
+        "HOME": str(tmp_path),
+    }
+
+    def stack(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(INFRA / "local" / "stack.sh"), action],
+            env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+
+    sys.path.insert(0, str(INFRA / "local"))
+    import procs
+
+    try:
+        started = stack("start")
+        left = procs.find(f"DERAIN_RAY_TAG={ray_temp}")
+        status = stack("status")
+    finally:
+        stack("stop")
+        import shutil
+
+        shutil.rmtree(stack_dir, ignore_errors=True)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert started.returncode == 1, started.stderr
+    assert "ready" not in started.stderr
+    assert "cannot exceed 107 bytes" in started.stderr, started.stderr  # Ray's own words
+    assert "stopped its processes" in started.stderr
+    assert left == [], f"Ray processes left after a failed start: {left}"
+    assert status.returncode == 1 and "ray: DOWN" in status.stdout, status.stdout

@@ -195,7 +195,7 @@ def test_distributed_training_as_ray_job_publishes_a_model(ray_head, tmp_path):
             "2",
             "--address",
             "auto",
-            "--version",
+            "--model-version",
             "2026.12.01-job",
             "--publish",
             str(registry),

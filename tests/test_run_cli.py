@@ -46,8 +46,14 @@ def make_archive(root):
 def test_report_of_the_latest_run_lists_videos_with_plots_and_thumbnails(
     tmp_path, tiny_checkpoint, capsys
 ):
-    assert main(["report", str(tmp_path / "out")]) == 2  # nothing committed yet
-    assert "no committed runs" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "out")]) == 2  # no such destination
+    assert main(["manifest", str(tmp_path / "out")]) == 2  # the same answer
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    assert main(["report", str(tmp_path / "out")]) == 0  # exists, nothing committed yet
+    assert main(["manifest", str(tmp_path / "out")]) == 0  # the same answer
+    out = capsys.readouterr().out
+    assert "no committed runs" in out and "no runs under" in out
     make_archive(tmp_path / "in")
     derain_run(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
     capsys.readouterr()
@@ -144,3 +150,36 @@ def test_help_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'ray' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_progress_is_in_frames_and_moves_while_a_long_video_runs(tmp_path, tiny_checkpoint):
+    from dataclasses import asdict
+
+    from pipeline.job.archive import ArchiveJob, run_archive
+    from pipeline.runtime.runners import SequentialRunner
+    from pipeline.stage.config import StageConfig
+
+    write_video(tmp_path / "in" / "long.mkv", moving_frames_thwc_u8(12, 16, 16))
+    write_video(tmp_path / "in" / "short.mkv", moving_frames_thwc_u8(3, 16, 16))
+    (tmp_path / "in" / "bad.mp4").write_bytes(b"not a video")
+    seen: list[dict] = []
+    job = ArchiveJob(
+        source=str(tmp_path / "in"),
+        destination=str(tmp_path / "out"),
+        segment_frames=4,
+        warmup_frames=2,
+    )
+    run_archive(
+        job,
+        SequentialRunner(StageConfig(str(tiny_checkpoint), device="cpu")),
+        model_name="j4r-tiny",
+        model_version="test",
+        on_progress=lambda p: seen.append(asdict(p)),
+    )
+    first, last = seen[0], seen[-1]
+    assert first == {"videos_total": 3, "videos_done": 0, "frames_total": 15, "frames_done": 0}
+    assert last == {"videos_total": 3, "videos_done": 3, "frames_total": 15, "frames_done": 15}
+    # the 12-frame video runs as 3 segments: the frames move before the video is done
+    during = [p["frames_done"] for p in seen if p["videos_done"] == seen[1]["videos_done"]]
+    assert len(seen) == 1 + 3 + 1 + 1 and len(set(during)) > 1
+    assert [p["frames_done"] for p in seen] == sorted(p["frames_done"] for p in seen)

@@ -69,3 +69,34 @@ def test_local_listing_and_atomic_put(tmp_path):
         list_videos(open_location(tmp_path / "missing"))
     put_file(tmp_path / "in" / "s" / "v.mov", open_location(tmp_path / "out"), "x/y.mp4")
     assert sorted(p.name for p in (tmp_path / "out" / "x").iterdir()) == ["y.mp4"]
+
+
+def test_s3_retries_are_botocores_own_configured_and_overridable(monkeypatch):
+    from pipeline.io.storage import S3_CONFIG_DEFAULTS
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    fs = open_location("s3://b/x", {"endpoint_url": "http://127.0.0.1:9"}).fs
+    fs.connect()  # the botocore client s3fs calls, with its Config
+    config = fs.s3.meta.config
+    assert config.retries["mode"] == "standard"
+    retries = S3_CONFIG_DEFAULTS["retries"]["max_attempts"]
+    assert config.retries["total_max_attempts"] == retries + 1  # botocore counts the first try
+    assert (config.connect_timeout, config.read_timeout) == (3, 60)
+    given = {"config_kwargs": {"retries": {"mode": "adaptive", "max_attempts": 9}}}
+    fs = open_location("s3://b/y", given).fs
+    fs.connect()
+    assert fs.s3.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 10}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "6")  # botocore's own variable wins over the default
+    options = open_location("s3://b/z").fs.config_kwargs
+    assert options["retries"] == {"mode": "standard"}
+
+
+def test_no_retry_loop_of_our_own_on_top_of_botocores():
+    import inspect
+
+    import pipeline.io.storage as storage
+
+    source = inspect.getsource(storage)
+    assert "time.sleep" not in source and "is_transient" not in source
+    assert not hasattr(storage, "retry")

@@ -4,14 +4,18 @@
 #
 #   bash infra/local/stack.sh start      # start what is not running, wait until healthy
 #   . .local-stack/env                   # PREFECT_API_URL, AWS_*, RAY_ADDRESS, Ray auth token
-#   bash infra/local/stack.sh status     # what runs (exit 0 only if everything is up)
+#   bash infra/local/stack.sh status     # asks each service; exit 0 only if all of them answer
 #   bash infra/local/stack.sh stop       # stop each process by PID (idempotent)
 #
 # State, PID files and logs live in ONE folder: .local-stack/ (DERAIN_STACK_DIR), which holds
-# PREFECT_HOME, the Ray temp dir and the Ray auth token (token auth is on in Ray 2.60; the token
-# is generated here, so nothing is written to ~/.ray). Ports: DERAIN_S3_PORT (9000),
+# PREFECT_HOME and the Ray auth token (token auth is on in Ray 2.60; the token is generated here,
+# so nothing is written to ~/.ray). Ray's temp dir is NOT in it: Ray puts Unix sockets there, and
+# a socket path may not exceed 107 bytes, so a checkout at a long path would break Ray. It is
+# /tmp/derain-ray-HASH instead (DERAIN_RAY_TEMP), HASH unique per stack folder. A Ray that fails
+# to start is stopped again, with the errors of its session logs. Ports: DERAIN_S3_PORT (9000),
 # DERAIN_PREFECT_PORT (4200), DERAIN_RAY_PORT (6379), DERAIN_RAY_DASHBOARD_PORT (8265),
-# DERAIN_RAY_CLIENT_PORT (10001). The S3 keys in the env file are moto's dummy test values.
+# DERAIN_RAY_CLIENT_PORT (10001). start waits up to DERAIN_STACK_WAIT_S (180) s per service.
+# The S3 keys in the env file are moto's dummy test values.
 #
 # On a laptop run it directly. On the shared build machines Ray binds to the routable address
 # unless only loopback exists, so run the stack AND everything that uses it inside ONE network
@@ -28,10 +32,13 @@ RAY_PORT=${DERAIN_RAY_PORT:-6379}
 RAY_DASHBOARD_PORT=${DERAIN_RAY_DASHBOARD_PORT:-8265}
 RAY_CLIENT_PORT=${DERAIN_RAY_CLIENT_PORT:-10001}
 POOL=derain-local
+# How long start waits for each service to answer (a busy machine needs minutes).
+WAIT_S=${DERAIN_STACK_WAIT_S:-180}
 BUCKET=${DERAIN_BUCKET:-derain-archive}
 LOGS=$STACK/logs
 PIDS=$STACK/pids
-RAY_TEMP=$STACK/ray
+STACK_HASH=$(printf %s "$STACK" | sha256sum | cut -c1-10)
+RAY_TEMP=${DERAIN_RAY_TEMP:-/tmp/derain-ray-$STACK_HASH}
 RAY_MARKER="DERAIN_RAY_TAG=$RAY_TEMP"
 TOKEN=$STACK/ray-auth-token
 ENV_FILE=$STACK/env
@@ -55,6 +62,7 @@ export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$RAY_DASHBOARD_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$TOKEN
 export RAY_USAGE_STATS_ENABLED=0
+# Ray's temp dir (sockets, session logs): $RAY_TEMP
 # Parameters of the prefect.yaml deployments (read at \`prefect deploy\` time); local defaults
 # on the bucket $BUCKET of the local S3 endpoint. Set them before \`start\` to override.
 export DERAIN_SOURCE=${DERAIN_SOURCE:-s3://$BUCKET/raw}
@@ -97,19 +105,78 @@ wait_for() {  # wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds
 
 port_free() { ! (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
 
-s3_ok() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/")" = 200 ]; }
-prefect_ok() { [ "$(curl -sf "http://127.0.0.1:$PREFECT_PORT/api/health")" = true ]; }
-ray_ok() { (. "$ENV_FILE" && "$BIN/ray" status --address "127.0.0.1:$RAY_PORT"); }
-jobs_api_ok() { curl -sf "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/gcs_healthz"; }
+s3_ok() {
+  [ "$(curl -s -m 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/")" = 200 ]
+}
+prefect_ok() { [ "$(curl -sf -m 10 "http://127.0.0.1:$PREFECT_PORT/api/health")" = true ]; }
+# Ray counts as up only when its GCS reports a live node (`ray status` exits 0 with "No cluster
+# status" while the cluster is half up) and its Jobs API lists jobs with the auth token.
+ray_ok() {  # `ray status` retries a dead GCS for minutes: bounded here
+  (. "$ENV_FILE" && timeout 30 "$BIN/ray" status --address "127.0.0.1:$RAY_PORT" 2>&1) |
+    grep -q '^Active:'
+}
+jobs_api_ok() {
+  curl -sf -m 10 -H "Authorization: Bearer $(cat "$TOKEN" 2>/dev/null)" \
+    "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/jobs/" > /dev/null
+}
 worker_ok() {  # the pool has a worker that the server sees as ONLINE
-  curl -sf -X POST -H 'Content-Type: application/json' -d '{}' \
+  curl -sf -m 10 -X POST -H 'Content-Type: application/json' -d '{}' \
     "http://127.0.0.1:$PREFECT_PORT/api/work_pools/$POOL/workers/filter" | grep -q '"ONLINE"'
 }
 ray_pids() { "$BIN/python" infra/local/procs.py find "$RAY_MARKER"; }
 
+ray_errors() {  # the lines of Ray's session logs that say why it failed (last few)
+  grep -h -E 'Error|error:|exceed|Traceback|failed' \
+    "$RAY_TEMP"/session_latest/logs/*.log "$RAY_TEMP"/session_latest/logs/*.err 2>/dev/null |
+    grep -v -E '^\s*$|DeprecationWarning|FutureWarning' | awk '!seen[$0]++' | tail -n 5 || true
+}
+
+ray_abort() {  # ray_abort WHY: stop what this start left running of Ray, say why, exit 1
+  local errors
+  errors=$(ray_errors || true)
+  "$BIN/python" infra/local/procs.py kill "$RAY_MARKER" --timeout 10 > /dev/null 2>&1 || true
+  tail -n 5 "$LOGS/ray.log" >&2 || true
+  [ -z "$errors" ] || printf 'stack: from the Ray session logs:\n%s\n' "$errors" >&2
+  die "$1; stopped its processes; logs: $LOGS/ray.log, $RAY_TEMP/session_latest/logs"
+}
+
+ray_wait() {  # ray_wait SECONDS CHECK: poll CHECK; false if Ray's processes die or time runs out
+  local i
+  for ((i = 0; i < $1 * 2; i++)); do
+    "$2" > /dev/null 2>&1 && return 0
+    [ -n "$(ray_pids)" ] || return 1
+    sleep 0.5
+  done
+  return 1
+}
+
+start_ray() {
+  if [ -n "$(ray_pids)" ]; then
+    if ray_ok && jobs_api_ok; then
+      log "ray already running (pids $(ray_pids | tr '\n' ' '))"
+      return 0
+    fi
+    log "ray processes found but Ray is not healthy: stopping them and starting again"
+    "$BIN/python" infra/local/procs.py kill "$RAY_MARKER" --timeout 15 > /dev/null ||
+      die "ray processes survived SIGKILL: $(ray_pids)"
+  fi
+  port_free "$RAY_PORT" || die "port $RAY_PORT is taken (set DERAIN_RAY_PORT)"
+  port_free "$RAY_DASHBOARD_PORT" || die "port $RAY_DASHBOARD_PORT is taken"
+  mkdir -p "$RAY_TEMP"
+  env "$RAY_MARKER" "$BIN/ray" start --head --node-ip-address 127.0.0.1 \
+    --port "$RAY_PORT" --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
+    --include-dashboard true --ray-client-server-port "$RAY_CLIENT_PORT" \
+    --temp-dir "$RAY_TEMP" --num-cpus "${DERAIN_RAY_CPUS:-$(nproc)}" \
+    --disable-usage-stats > "$LOGS/ray.log" 2>&1 || ray_abort "ray start failed"
+  ray_wait "$WAIT_S" ray_ok || ray_abort "ray's GCS reports no live node after ${WAIT_S}s"
+  ray_wait "$WAIT_S" jobs_api_ok || ray_abort "ray's Jobs API does not answer after ${WAIT_S}s"
+  ray_pids > "$PIDS/ray"
+  log "ray head on $RAY_ADDRESS, jobs API $RAY_API_SERVER_ADDRESS, pids $(tr '\n' ' ' < "$PIDS/ray")"
+}
+
 start() {
   [ -x "$BIN/python" ] || die "no virtual environment at ${BIN%/bin}: run bash infra/local/setup.sh"
-  mkdir -p "$LOGS" "$PIDS" "$RAY_TEMP" "$STACK/prefect"
+  mkdir -p "$LOGS" "$PIDS" "$STACK/prefect"
   if [ ! -s "$TOKEN" ]; then
     (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$TOKEN")
   fi
@@ -122,40 +189,23 @@ start() {
   else
     port_free "$S3_PORT" || die "port $S3_PORT is taken (set DERAIN_S3_PORT)"
     start_bg s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
-    wait_for s3 30 s3_ok
+    wait_for s3 "$WAIT_S" s3_ok
     log "s3 (moto) on $AWS_ENDPOINT_URL, pid $(cat "$PIDS/s3")"
   fi
-  "$BIN/python" -c 'import os, sys, s3fs
+  timeout 60 "$BIN/python" -c 'import os, sys, s3fs
 fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
 fs.exists(sys.argv[1]) or fs.mkdir(sys.argv[1])' "$BUCKET" > "$LOGS/bucket.log" 2>&1 ||
     die "could not create bucket $BUCKET; log: $LOGS/bucket.log"
+
+  start_ray  # before the Prefect server: a Ray that cannot start fails the stack early
 
   if alive prefect-server; then
     log "prefect server already running (pid $(cat "$PIDS/prefect-server"))"
   else
     port_free "$PREFECT_PORT" || die "port $PREFECT_PORT is taken (set DERAIN_PREFECT_PORT)"
     start_bg prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-    wait_for prefect-server 90 prefect_ok
+    wait_for prefect-server "$WAIT_S" prefect_ok
     log "prefect server on $PREFECT_API_URL, pid $(cat "$PIDS/prefect-server")"
-  fi
-
-  if [ -n "$(ray_pids)" ]; then
-    log "ray already running (pids $(ray_pids | tr '\n' ' '))"
-  else
-    port_free "$RAY_PORT" || die "port $RAY_PORT is taken (set DERAIN_RAY_PORT)"
-    port_free "$RAY_DASHBOARD_PORT" || die "port $RAY_DASHBOARD_PORT is taken"
-    if ! env "$RAY_MARKER" "$BIN/ray" start --head --node-ip-address 127.0.0.1 \
-        --port "$RAY_PORT" --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
-        --include-dashboard true --ray-client-server-port "$RAY_CLIENT_PORT" \
-        --temp-dir "$RAY_TEMP" --num-cpus "${DERAIN_RAY_CPUS:-$(nproc)}" \
-        --disable-usage-stats > "$LOGS/ray.log" 2>&1; then
-      tail -n 20 "$LOGS/ray.log" >&2
-      die "ray start failed; log: $LOGS/ray.log (session logs: $RAY_TEMP/session_latest/logs)"
-    fi
-    wait_for ray 60 ray_ok
-    wait_for ray 60 jobs_api_ok
-    ray_pids > "$PIDS/ray"
-    log "ray head on $RAY_ADDRESS, jobs API $RAY_API_SERVER_ADDRESS, pids $(tr '\n' ' ' < "$PIDS/ray")"
   fi
 
   "$BIN/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 ||
@@ -167,7 +217,7 @@ fs.exists(sys.argv[1]) or fs.mkdir(sys.argv[1])' "$BUCKET" > "$LOGS/bucket.log" 
   else
     start_bg prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process \
       --name "$POOL-$(hostname)"
-    wait_for prefect-worker 90 worker_ok
+    wait_for prefect-worker "$WAIT_S" worker_ok
     log "prefect worker for pool $POOL, pid $(cat "$PIDS/prefect-worker")"
   fi
   log "ready: . $ENV_FILE"
@@ -204,40 +254,38 @@ stop() {
     log "stopped ray"
   fi
   rm -f "$PIDS/ray"
+  # Ray's temp dir under /tmp (sockets, session logs) goes with it, unless it was given.
+  [ -n "${DERAIN_RAY_TEMP:-}" ] || rm -rf "$RAY_TEMP"
   stop_pid prefect-server 1
   stop_pid s3 1
 }
 
-status() {
-  local up=0 total=0 name
-  for name in s3 prefect-server prefect-worker; do
-    total=$((total + 1))
-    if alive "$name"; then
-      up=$((up + 1))
-      echo "$name: running (pid $(cat "$PIDS/$name"))"
+status() {  # each service is asked, not just its PID: exit 0 only when all of them answer
+  local down=0
+  check() {  # check NAME WHAT CMD...
+    local name=$1 what=$2 pid=""
+    shift 2
+    [ -f "$PIDS/$name" ] && pid=" (pid $(tr '\n' ' ' < "$PIDS/$name" | sed 's/ $//'))"
+    if "$@" > /dev/null 2>&1; then
+      echo "$name: up$pid: $what"
     else
-      echo "$name: stopped"
+      echo "$name: DOWN$pid: $what does not answer"
+      down=$((down + 1))
     fi
-  done
-  total=$((total + 1))
-  local pids=""
-  if [ -x "$BIN/python" ]; then pids=$(ray_pids); fi
-  if [ -n "$pids" ]; then
-    up=$((up + 1))
-    echo "ray: running (pids $pids)"
-  else
-    echo "ray: stopped"
+  }
+  if [ ! -f "$ENV_FILE" ]; then
+    echo "stack not started here ($ENV_FILE missing)"
+    return 1
   fi
-  if [ -f "$ENV_FILE" ] && [ "$up" -eq "$total" ]; then
-    # shellcheck disable=SC1090
-    . "$ENV_FILE"
-    s3_ok && echo "  s3 endpoint $AWS_ENDPOINT_URL answers" || echo "  s3 endpoint not answering"
-    prefect_ok && echo "  prefect API $PREFECT_API_URL healthy" || echo "  prefect API not healthy"
-    worker_ok && echo "  pool $POOL has an online worker" || echo "  pool $POOL has no online worker"
-    ray_ok && echo "  ray status ok at $RAY_ADDRESS" || echo "  ray status failed"
-  fi
-  echo "logs: $LOGS"
-  [ "$up" -eq "$total" ]
+  # shellcheck disable=SC1090
+  . "$ENV_FILE"
+  check s3 "S3 endpoint $AWS_ENDPOINT_URL" s3_ok
+  check prefect-server "Prefect API $PREFECT_API_URL/health" prefect_ok
+  check prefect-worker "an ONLINE worker in pool $POOL" worker_ok
+  check ray "Ray GCS at $RAY_ADDRESS (a live node)" ray_ok
+  check ray "Ray Jobs API at $RAY_API_SERVER_ADDRESS" jobs_api_ok
+  echo "logs: $LOGS; Ray session logs: $RAY_TEMP/session_latest/logs"
+  [ "$down" -eq 0 ]
 }
 
 case "${1:-}" in

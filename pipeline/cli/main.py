@@ -3,7 +3,14 @@
 Heavy imports (torch, av, ray) happen inside the sub-commands, which are thin callers of the
 library. Exit codes (:mod:`pipeline.cli.exit_codes`): 0 success; 1 some inputs failed (the
 others were processed) or the run was stopped; 2 bad usage or a missing input (a
-:class:`~pipeline.errors.UsageError`, caught here); 130 interrupted.
+:class:`~pipeline.errors.UsageError`); 3 infrastructure: a storage endpoint, credentials or a
+Ray cluster the command needs is missing or unreachable (an
+:class:`~pipeline.errors.InfrastructureError`); 130 interrupted. All are caught here, and each
+prints one line saying what to do.
+
+Every option has help text, and every ``--help`` shows the defaults. Renamed options keep their
+old spelling as a hidden alias that warns (``--threads-per-worker`` is ``--cpus-per-worker``,
+``train --export`` is ``--out``, ``train --version`` is ``--model-version``).
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
-from pipeline.errors import DerainError, UsageError
+from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_USAGE
+from pipeline.errors import DerainError, InfrastructureError, UsageError
 from pipeline.stage.config import (
     DEFAULT_MEMORY_LIMIT_MB,
     DEFAULT_TILE_OVERLAP,
@@ -25,18 +32,80 @@ from pipeline.stage.segments import DEFAULT_SEGMENT_FRAMES, DEFAULT_WARMUP_FRAME
 
 logger = logging.getLogger("derain")
 
+ADDRESS_HELP = (
+    "Ray cluster to join: auto, HOST:PORT (its GCS) or ray://HOST:PORT (Ray Client); "
+    "unset: RAY_ADDRESS if set, else a local Ray started for this command"
+)
+CPUS_HELP = "CPUs each Ray worker reserves, and the torch threads it uses"
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: CUDA when available)"
+CHECKPOINT_HELP = "checkpoint folder (unset: the shipped model)"
+PRESETS = ["tiny", "small", "paper"]
+PRESET_HELP = "network and training preset: tiny (tests), small (shipped), paper (the paper's size)"
+CONFIG_HELP = "YAML with `net:` and `train:` mappings, applied over the preset"
+SET_HELP = "override a setting, e.g. batch_size=8, clip.size=48 or net.channels=32 (repeatable)"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option's help that has a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or "(default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: hidden from --help, stores into the new option's dest,
+    and says once on stderr which spelling to use instead."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        self.replacement = replacement
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"derain: {option_string} is deprecated, use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _alias(p: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """``old`` as a hidden, deprecated spelling of the option ``new`` (same dest and type)."""
+    dest = new.lstrip("-").replace("-", "_")
+    p.add_argument(old, dest=dest, action=DeprecatedAlias, replacement=new, **kwargs)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("derain-archive")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
 
 def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
     """``--endpoint-url`` and ``--storage-option``, read by ``common.storage_options``."""
     p.add_argument(
-        "--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph); AWS_ENDPOINT_URL works too"
+        "--endpoint-url",
+        help="S3-compatible endpoint (MinIO, Ceph); unset: AWS_ENDPOINT_URL, else AWS S3",
     )
     p.add_argument(
         "--storage-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra fsspec/s3fs option, e.g. anon=true (credentials: use the AWS chain)",
+        help="extra fsspec/s3fs option, e.g. anon=true or config_kwargs.retries.max_attempts=8 "
+        "(repeatable; credentials: use the AWS chain, never this)",
     )
 
 
@@ -45,7 +114,7 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
-        help="network precision: auto (default) is bf16 on CUDA with bf16 and on CPUs with AMX "
+        help="network precision: auto is bf16 on CUDA with bf16 and on CPUs with AMX "
         "or AVX512-BF16, fp32 elsewhere (bf16 is far slower than fp32 on other CPUs)",
     )
 
@@ -63,11 +132,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lossless", action="store_true", help="write FFV1 in .mkv (default: H.264 .mp4)"
     )
-    p.add_argument(
-        "--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)"
-    )
-    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better")
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--chunk-frames", type=int, default=16, help="frames decoded at a time")
     _add_precision(p)
     p.add_argument(
@@ -75,23 +142,23 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_TILE_PIXELS,
         help="frames with more pixels run as overlapping tiles of at most this many, each with "
-        "its own recurrent memory (default: sized to --memory-limit-mb and the network's width; "
+        "its own recurrent memory (unset: sized to --memory-limit-mb and the network's width; "
         "shipped model and 4 GiB: 2.2 MPx, so 1920x1080 runs whole; 0: never tile)",
     )
     p.add_argument(
         "--tile-overlap",
         type=int,
         default=DEFAULT_TILE_OVERLAP,
-        help=f"pixels neighbouring tiles share, blended (default {DEFAULT_TILE_OVERLAP})",
+        help="pixels neighbouring tiles share, blended",
     )
     p.add_argument(
         "--memory-limit-mb",
         type=float,
         default=DEFAULT_MEMORY_LIMIT_MB,
         help="memory per worker: a video whose frames would need more even in tiles fails alone "
-        f"before decoding (default {DEFAULT_MEMORY_LIMIT_MB})",
+        "before decoding",
     )
-    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--manifest", help="manifest root URL (unset: DST/_manifests)")
     p.add_argument("--force", action="store_true", help="redo videos a manifest marks done")
     p.add_argument("--max-videos", type=int, help="process at most this many videos")
     _add_storage_arguments(p)
@@ -99,9 +166,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--runner",
         choices=["ray", "sequential"],
         default="ray",
-        help="ray (default: a local Ray sized to the machine, or --address) or sequential",
+        help="ray (actors on --address, or on a local Ray sized to the machine) or sequential "
+        "(in this process)",
     )
-    p.add_argument("--address", help="Ray cluster to join: auto or ray://HOST:PORT")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument(
         "--clips-per-worker",
         type=int,
@@ -109,9 +177,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="videos each actor de-rains at once, stepped together as one batch (GPU: 4-16)",
     )
     p.add_argument("--workers", type=int, default=1, help="Ray actors (one model each)")
-    p.add_argument(
-        "--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) per actor"
-    )
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help=CPUS_HELP)
     p.add_argument(
         "--segment-frames",
         type=int,
@@ -126,7 +192,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="frames before each segment run through the net (output discarded) to rebuild its "
         "memory; 32 keeps a seam within 1 grey level of a continuous run (README)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (frames done, on stderr)"
+    )
     p.set_defaults(handler=_lazy("pipeline.cli.run:run_command"))
 
 
@@ -139,16 +207,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "clip.frames). Re-running with the "
         "same --run-dir resumes from its last state. Writes RUN_DIR/stage1 and RUN_DIR/final.",
     )
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--preset", default="small", choices=PRESETS, help=PRESET_HELP)
     p.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="state, log, outputs")
-    p.add_argument("--config", type=Path, help="YAML with `net:` and `train:` mappings")
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. batch_size=8, clip.size=48 or net.channels=32",
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
     )
     p.add_argument(
         "--device",
@@ -156,8 +219,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="auto, cpu or cuda; the autocast precision is --set precision=auto|fp32|bf16 "
         "(auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32)",
     )
-    p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
-    p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.add_argument(
+        "--model-version", default="dev", help="model version recorded in the checkpoint"
+    )
+    _alias(p, "--version", "--model-version")
+    p.add_argument("--out", type=Path, help="also copy the final checkpoint to this folder")
+    _alias(p, "--export", "--out", type=Path)
     p.add_argument(
         "--init-from",
         type=Path,
@@ -165,7 +232,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "instead of a random initialisation",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_lazy("pipeline.cli.train:train_command"))
 
 
@@ -180,18 +247,24 @@ def _add_train_ray(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--storage-path", required=True, help="checkpoint root (s3://... or a folder)")
     p.add_argument("--name", required=True, help="run name: same name, same run (resumes)")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
-    p.add_argument("--config", type=Path, help="YAML with `net:` and `train:` mappings")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--preset", default="small", choices=PRESETS, help=PRESET_HELP)
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
-    p.add_argument("--threads-per-worker", type=int, default=1, help="CPUs (torch threads)")
-    p.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--content-url", help="clean training photos (default: the installed ones)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help=CPUS_HELP)
+    _alias(p, "--threads-per-worker", "--cpus-per-worker", type=int)
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("--content-url", help="clean training photos (unset: the installed ones)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
-    p.add_argument("--version", default="dev", help="model version recorded in the checkpoint")
-    p.add_argument("--out", type=Path, help="where the final checkpoint is copied")
+    p.add_argument(
+        "--model-version", default="dev", help="model version recorded in the checkpoint"
+    )
+    _alias(p, "--version", "--model-version")
+    p.add_argument("--out", type=Path, help="also copy the final checkpoint to this folder")
     p.add_argument("--publish", metavar="REGISTRY", help="publish the result there as latest")
     _add_storage_arguments(p)
     p.set_defaults(handler=_lazy("pipeline.cli.train:train_ray_command"))
@@ -208,13 +281,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "provoking clips; output scored against the input: does no harm). Each set reports the "
         "mean, the worst clip and the luma gain over the input; OUT also gets before/after "
         "PNGs (samples/).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", type=Path, help="J4R-Net checkpoint (default: shipped)")
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument(
         "--single-checkpoint",
         type=Path,
-        help="stage-1 checkpoint (default: CHECKPOINT/stage1 when present)",
+        help="stage-1 checkpoint (unset: CHECKPOINT/stage1 when present)",
     )
     p.add_argument(
         "--out", type=Path, default=Path("runs/eval"), help="writes eval.json, eval.md, samples/"
@@ -239,19 +311,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "the archive job on them (local Ray by default) into OUT/derained/ with manifests, and "
         "prints PSNR before and after. Side-by-side PNGs land in OUT/compare/.",
     )
-    p.add_argument("--out", type=Path, default=Path("demo-out"))
-    p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--frames", type=int, default=16)
+    p.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="folder for rainy/, derained/, compare/"
+    )
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    p.add_argument("--frames", type=int, default=16, help="frames per synthetic rainy clip")
     p.add_argument(
         "--runner",
         choices=["ray", "sequential"],
         default="ray",
-        help="ray (a local instance, default) or sequential",
+        help="ray (actors on --address, or on a local Ray) or sequential (in this process)",
     )
-    p.add_argument("--address", help="Ray cluster to join instead of a local instance")
-    p.add_argument("--workers", type=int, default=2, help="Ray actors")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (one model each)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help=CPUS_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(handler=_lazy("pipeline.cli.demo:demo_command"))
 
 
@@ -264,7 +338,7 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
         "--migrate copies old (version 1) manifests into the Delta tables.",
     )
     p.add_argument("dst", help="the destination given to `derain run`")
-    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--manifest", help="manifest root URL (unset: DST/_manifests)")
     _add_storage_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
@@ -285,8 +359,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "Writes it beside the manifests as reports/run=RUN/report.md with its PNGs.",
     )
     p.add_argument("dst", help="the destination given to `derain run`")
-    p.add_argument("--run", help="run id (default: the latest committed run)")
-    p.add_argument("--manifest", help="manifest root URL (default: DST/_manifests)")
+    p.add_argument("--run", help="run id (unset: the latest committed run)")
+    p.add_argument("--manifest", help="manifest root URL (unset: DST/_manifests)")
     _add_storage_arguments(p)
     p.add_argument("--detail", type=int, default=20, help="videos shown with plot and thumbnail")
     p.add_argument("--print", action="store_true", help="also print the Markdown")
@@ -316,10 +390,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "bf16 matmul and 3x3-conv ceilings measured in the same run, bf16-vs-fp32 drift over a "
         "long clip, peak RSS for a short and a 10x longer video and for a tiled 4K video.",
     )
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--width", type=int, default=320, help="frame width of the test videos")
+    p.add_argument("--height", type=int, default=240, help="frame height of the test videos")
     p.add_argument(
         "--frames",
         type=int,
@@ -338,10 +412,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--big",
         default="3840x2160",
-        help="WIDTHxHEIGHT of the big-frame run (tiles; peak RSS), or none (default 3840x2160)",
+        help="WIDTHxHEIGHT of the big-frame run (tiles; peak RSS), or none",
     )
     p.add_argument("--big-frames", type=int, default=2, help="frames of the big-frame video")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/bench/bench.json"), help="where the JSON goes"
+    )
     p.set_defaults(handler=_lazy("pipeline.cli.bench:bench_command"))
 
 
@@ -352,9 +428,11 @@ def _add_seams(sub: argparse._SubParsersAction) -> None:
         description="Runs held-out rainy footage continuously and as a segment starting at a "
         "seam primed with K warm-up frames, for several K, and prints the difference.",
     )
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--crop", type=int, default=192)
-    p.add_argument("--out", type=Path, default=Path("runs/seams.json"))
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--crop", type=int, default=192, help="test clip size in pixels (square)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/seams.json"), help="where the JSON table goes"
+    )
     p.set_defaults(handler=_lazy("pipeline.cli.seams:seams_command"))
 
 
@@ -362,9 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derain",
         description="Remove rain from videos with J4R-Net (Liu et al., CVPR 2018).",
+        epilog="exit codes: 0 all ok; 1 some videos failed (the others were done) or the run "
+        "was stopped; 2 bad usage or a missing input; 3 infrastructure: a storage endpoint, "
+        "credentials or a Ray cluster is missing or unreachable; 130 interrupted",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"derain {_package_version()}",
+        help="print the version and exit",
+    )  # fmt: skip
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_SubParser
+    )
     for add in (
         _add_run,
         _add_manifest,
@@ -379,6 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add(sub)
     return parser
+
+
+class _SubParser(argparse.ArgumentParser):
+    """Sub-command parsers: the defaults in every --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _lazy(target: str):
@@ -400,12 +498,25 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"derain {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except InfrastructureError as exc:
+        print(f"derain {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INFRASTRUCTURE
     except DerainError as exc:  # the run itself could not go on; the message says why
         print(f"derain {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        # Storage clients raise their own types (botocore's NoCredentialsError, connection
+        # errors) from anywhere: those are one line and exit 3 too, never a traceback.
+        from pipeline.io.storage import infrastructure_error
+
+        infra = infrastructure_error(exc)
+        if infra is None:
+            raise
+        print(f"derain {args.command}: {infra}", file=sys.stderr)
+        return EXIT_INFRASTRUCTURE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""``derain manifest DST`` (the runs under a destination) and ``derain report DST``."""
+"""``derain manifest DST`` (the runs under a destination) and ``derain report DST``.
+
+Both answer alike: a DST (or ``--manifest``) that does not exist is exit 2; one without any
+committed run is exit 0 with a line saying so (nothing to list, nothing to report); an
+unreachable endpoint or missing credentials are exit 3."""
 
 from __future__ import annotations
 
@@ -10,13 +14,23 @@ from pipeline.errors import usage_errors
 
 
 def open_store(args: argparse.Namespace):
-    """The manifest store ``args`` name (DST/_manifests unless --manifest); (url, store)."""
+    """The manifest store ``args`` name (DST/_manifests unless --manifest); (url, store).
+
+    A destination that does not exist is a :class:`~pipeline.errors.UsageError` (a typo)."""
     from pipeline.cli.common import storage_options
-    from pipeline.io.storage import open_location
+    from pipeline.errors import UsageError
+    from pipeline.io.storage import open_location, storage_errors
     from pipeline.job.manifest import ManifestStore, default_manifest_url
 
+    options = storage_options(args)
+    given = args.manifest or args.dst
+    location = open_location(given, options)
+    with storage_errors(location):
+        exists = location.fs.exists(location.root)
+    if not exists:
+        raise UsageError(f"{given} does not exist: give the DST of a `derain run` (or --manifest)")
     url = args.manifest or default_manifest_url(args.dst)
-    return url, ManifestStore(open_location(url, storage_options(args)))
+    return url, ManifestStore(open_location(url, options))
 
 
 def migrate_command(args: argparse.Namespace) -> int:
@@ -58,7 +72,7 @@ def manifest_command(args: argparse.Namespace) -> int:
             "`derain manifest --migrate DST` copies them"
         )
     if not commits and not pending:
-        print(f"derain manifest: no runs under {url}")
+        print(f"derain manifest: no runs under {url} yet")
         return EXIT_OK
     print(
         f"{'run':<28} {'model':<24} {'ok':>5} {'failed':>6} {'partial':>7} {'skipped':>7} "
@@ -97,7 +111,11 @@ def report_command(args: argparse.Namespace) -> int:
     from pipeline.job.report import build_report, render_markdown, write_report
 
     with usage_errors(LookupError, ValueError, OSError):
-        _, store = open_store(args)
+        url, store = open_store(args)
+        if args.run is None and not store.commits():
+            # Like `derain manifest`: an existing destination without runs is not an error.
+            print(f"derain report: no committed runs under {url} yet: nothing to report")
+            return EXIT_OK
         report = build_report(store, args.run, detail=args.detail)
         url = write_report(store, report)
     if args.print:

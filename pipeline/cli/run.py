@@ -52,18 +52,19 @@ def _run(args, job, stage, settings, info, claim) -> int:
     from pipeline.runtime.runners import build_runner
 
     runner = build_runner(stage, settings)
-    bar = tqdm(total=0, unit="video", desc="derain", disable=args.no_progress)
+    # In frames, so that one long video moves the bar as its segments finish; videos as postfix.
+    bar = tqdm(total=0, unit="frame", desc="derain", disable=args.no_progress)
 
-    def planned(count: int) -> None:
-        bar.total = count
-        bar.refresh()
+    def progressed(progress) -> None:
+        bar.total = max(progress.frames_total, progress.frames_done)
+        bar.n = progress.frames_done
+        bar.set_postfix_str(f"videos {progress.videos_done}/{progress.videos_total}")
 
     def finished(task, row) -> None:
         if row.status == "partial":
             bar.write(f"PARTIAL {task.source.url}: {row.error_message} (output kept)")
         elif row.status != "ok":
             bar.write(f"FAILED {task.source.url}: {row.error_type}: {row.error_message}")
-        bar.update(1)
 
     stopped = None
     try:
@@ -72,8 +73,8 @@ def _run(args, job, stage, settings, info, claim) -> int:
             runner,
             model_name=info.name,
             model_version=info.version,
-            on_planned=planned,
             on_result=finished,
+            on_progress=progressed,
             claim=claim,
         )
     except RunStopped as exc:

@@ -53,7 +53,7 @@ def train_command(args: argparse.Namespace) -> int:
         config=config,
         sampler=sampler,
         device=device,
-        version=args.version,
+        version=args.model_version,
         preset=args.preset,
         progress=not args.no_progress,
         init_from=args.init_from,
@@ -62,9 +62,9 @@ def train_command(args: argparse.Namespace) -> int:
         f"derain train: {result.steps} steps in {result.seconds / 60:.1f} min; "
         f"checkpoints {result.final} and {result.stage1}"
     )
-    if args.export:
-        export_checkpoint(result.final, result.stage1, Path(args.export))
-        print(f"derain train: exported to {args.export}")
+    if args.out:
+        export_checkpoint(result.final, result.stage1, Path(args.out))
+        print(f"derain train: copied the checkpoint to {args.out}")
     return EXIT_OK
 
 
@@ -86,16 +86,16 @@ def train_ray_command(args: argparse.Namespace) -> int:
     with usage_errors(ValueError, KeyError, TypeError, FileNotFoundError):
         net, train = resolve_configs(args)
         options = storage_options(args)
-    connect(args.address, num_cpus=None if args.address else args.workers * args.threads_per_worker)
+    connect(args.address, num_cpus=None if args.address else args.workers * args.cpus_per_worker)
     job = RayTrainJob(
         net=to_dict(net),
         train=to_dict(train),
         preset=args.preset,
-        version=args.version,
+        version=args.model_version,
         content_url=args.content_url,
         storage_options=options,
         checkpoint_every=args.checkpoint_every,
-        threads_per_worker=args.threads_per_worker,
+        threads_per_worker=args.cpus_per_worker,
     )
     result = train_on_ray(
         job,
@@ -114,6 +114,6 @@ def train_ray_command(args: argparse.Namespace) -> int:
     if result.final and args.publish:
         from pipeline.registry.models import publish_model
 
-        version = publish_model(result.final, args.publish, options, version=args.version)
+        version = publish_model(result.final, args.publish, options, version=args.model_version)
         print(f"  published {version} to {args.publish} (latest)")
     return EXIT_OK

@@ -22,7 +22,7 @@ import logging
 import os
 
 from pipeline.errors import StorageError
-from pipeline.io.storage import Location, is_unreachable, retry, unreachable_error
+from pipeline.io.storage import Location, is_unreachable, unreachable_error
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def open_table(location: Location, relative: str):
             return None
 
     try:
-        return retry(load, what=f"open {location.url(relative)}")
+        return load()  # delta-rs's object store retries by itself
     except Exception as exc:
         raise _storage_error(location, relative, "opening", exc) from exc
 
@@ -164,7 +164,7 @@ def append_once(
         return True
 
     try:
-        return retry(attempt, what=f"commit to {location.url(relative)}")
+        return attempt()  # delta-rs's object store retries by itself
     except StorageError:
         raise
     except Exception as exc:

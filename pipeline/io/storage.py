@@ -14,19 +14,23 @@ import os
 import posixpath
 import shutil
 import tempfile
-import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pipeline.errors import StorageError, UsageError
+from pipeline.errors import (
+    CredentialsError,
+    EndpointUnreachable,
+    InfrastructureError,
+    StorageError,
+    UsageError,
+)
 from pipeline.io.video import VIDEO_EXTENSIONS, chmod_like_new_file
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,19 +63,37 @@ def parse_storage_options(pairs: list[str], endpoint_url: str | None = None) -> 
     return options
 
 
-# botocore waits 60 s per connection attempt and retries 4 times by default: an unreachable
-# endpoint took over 40 s to report. These defaults (any can be overridden with
-# ``--storage-option config_kwargs.connect_timeout=...``) report it within about 15 s.
+# Retries are botocore's own, configured here: "standard" mode retries throttling, 5xx answers
+# and connection errors with exponential backoff and jitter ("adaptive" adds client-side rate
+# limiting); 4xx answers are not retried. Whole steps are retried on top by Prefect's task
+# retries (flows/) and by running `derain run` again (it resumes). botocore's default connect
+# timeout is 60 s: an unreachable endpoint took minutes to report. With these defaults a dead
+# endpoint is reported within about 20 s. Each can be overridden per command with
+# ``--storage-option config_kwargs.retries.max_attempts=8`` (or ``connect_timeout``,
+# ``read_timeout``, ``retries.mode``), or with botocore's AWS_MAX_ATTEMPTS / AWS_RETRY_MODE.
 S3_CONFIG_DEFAULTS: dict[str, Any] = {
-    "connect_timeout": 5,
+    "connect_timeout": 3,
     "read_timeout": 60,
-    "retries": {"max_attempts": 2, "mode": "standard"},
+    "retries": {"mode": "standard", "max_attempts": 3},  # retries after the first try
 }
+
+
+def s3_config(given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """botocore ``Config`` keyword arguments: :data:`S3_CONFIG_DEFAULTS` under ``given``;
+    AWS_MAX_ATTEMPTS / AWS_RETRY_MODE replace the defaults they name."""
+    given = dict(given or {})
+    retries = dict(S3_CONFIG_DEFAULTS["retries"])
+    if os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries.pop("max_attempts")
+    if os.environ.get("AWS_RETRY_MODE"):
+        retries.pop("mode")
+    retries.update(given.pop("retries", None) or {})
+    return {**S3_CONFIG_DEFAULTS, **given, "retries": retries}
 
 
 def storage_options_for(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """fsspec options for ``url``; S3 gets ``AWS_ENDPOINT_URL`` if no endpoint is given, and
-    short connect timeouts and few botocore retries unless the options set their own."""
+    the timeouts and retries of :func:`s3_config` under the options' own ``config_kwargs``."""
     options = dict(options or {})
     if url.startswith(("s3://", "s3a://")):
         endpoint = options.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
@@ -79,7 +101,7 @@ def storage_options_for(url: str, options: dict[str, Any] | None = None) -> dict
             client_kwargs = dict(options.get("client_kwargs", {}))
             client_kwargs.setdefault("endpoint_url", endpoint)
             options["client_kwargs"] = client_kwargs
-        options["config_kwargs"] = {**S3_CONFIG_DEFAULTS, **dict(options.get("config_kwargs", {}))}
+        options["config_kwargs"] = s3_config(options.get("config_kwargs"))
     return options
 
 
@@ -91,23 +113,6 @@ def endpoint_of(location: Location) -> str:
     return str(kwargs.get("endpoint_url") or f"the default {location.protocol} endpoint")
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """True for 'the endpoint cannot be reached' (refused, unresolvable, timed out)."""
-    names = {type(e).__name__ for e in _chain(exc)}
-    return bool(
-        names
-        & {
-            "EndpointConnectionError",
-            "ConnectTimeoutError",
-            "ConnectionClosedError",
-            "ClientConnectorError",
-            "ServerDisconnectedError",
-            "ConnectionRefusedError",
-            "ConnectTimeout",
-        }
-    )
-
-
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = 0
     while exc is not None and seen < 10:
@@ -116,12 +121,79 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         seen += 1
 
 
-def unreachable_error(location: Location, exc: BaseException) -> StorageError:
-    """One line for an endpoint that does not answer."""
-    return StorageError(
-        f"cannot reach {endpoint_of(location)} for {location.url()} "
-        f"({type(exc).__name__}): check --endpoint-url / AWS_ENDPOINT_URL and the network"
-    )
+def _client_error_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(missing-credentials types, unreachable-endpoint types) of botocore and aiohttp."""
+    credentials: tuple[type, ...] = ()
+    unreachable: tuple[type, ...] = (ConnectionRefusedError,)
+    try:
+        from botocore import exceptions as be
+
+        credentials = (be.NoCredentialsError, be.PartialCredentialsError,
+                       be.CredentialRetrievalError)  # fmt: skip
+        unreachable += (be.EndpointConnectionError, be.ConnectTimeoutError,
+                        be.ConnectionClosedError)  # fmt: skip
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        unreachable += (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+    except ImportError:
+        pass
+    return credentials, unreachable
+
+
+# S3 error codes that mean "these credentials are not accepted" (not "this key is forbidden").
+REJECTED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                        "InvalidToken", "TokenRefreshRequired"}  # fmt: skip
+
+
+def infrastructure_error(
+    exc: BaseException, location: Location | None = None
+) -> InfrastructureError | None:
+    """The one-line :class:`~pipeline.errors.InfrastructureError` that ``exc`` (or an error it
+    was raised from) amounts to: no or rejected credentials, or an endpoint that does not
+    answer. None when it is neither (a missing key, a bug)."""
+    credentials, unreachable = _client_error_types()
+    where = f" for {location.url()}" if location else ""
+    endpoint = endpoint_of(location) if location else "the storage endpoint"
+    for error in _chain(exc):
+        if isinstance(error, InfrastructureError):
+            return error
+        if credentials and isinstance(error, credentials):
+            return CredentialsError(
+                f"no S3 credentials found{where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance role applies "
+                "(a public bucket: --storage-option anon=true)"
+            )
+        response = getattr(error, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code in REJECTED_CREDENTIALS:
+            return CredentialsError(
+                f"{endpoint} rejects the S3 credentials{where} ({code}): check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE"
+            )
+        if isinstance(error, unreachable):
+            return EndpointUnreachable(
+                f"cannot reach {endpoint}{where} ({type(error).__name__}): check "
+                "--endpoint-url / AWS_ENDPOINT_URL and the network"
+            )
+    return None
+
+
+@contextmanager
+def storage_errors(location: Location) -> Iterator[None]:
+    """Re-raise missing credentials and unreachable endpoints as one-line
+    :class:`~pipeline.errors.InfrastructureError` naming ``location``."""
+    try:
+        yield
+    except InfrastructureError:
+        raise
+    except Exception as exc:
+        infra = infrastructure_error(exc, location)
+        if infra is None:
+            raise
+        raise infra from exc
 
 
 def bucket_of(location: Location) -> str | None:
@@ -150,14 +222,8 @@ def check_bucket_exists(location: Location, role: str = "destination") -> None:
         def head() -> bool:
             return fs.exists(bucket)
 
-    try:
-        # One attempt: botocore retries once itself, and a dead endpoint must be reported
-        # within seconds, not after a minute of backoff.
-        exists = retry(head, what=f"check bucket {bucket}", attempts=1)
-    except Exception as exc:
-        if is_unreachable(exc):
-            raise unreachable_error(location, exc) from exc
-        raise
+    with storage_errors(location):
+        exists = head()
     if not exists:
         advice = (
             "check the URL"
@@ -227,21 +293,18 @@ def list_videos(location: Location, *, include_refused: bool = False) -> list[So
     ``include_refused``, listed with ``refused`` set to the reason (the archive job records it).
     """
     fs = location.fs
-    try:
-        exists = retry(lambda: fs.exists(location.root), what=f"check {location.url()}")
-    except Exception as exc:
-        if is_unreachable(exc):
-            raise unreachable_error(location, exc) from exc
-        raise
+    with storage_errors(location):
+        exists = fs.exists(location.root)
     if not exists:
         raise FileNotFoundError(
             f"{location.url()} does not exist: give a video file or a folder (prefix) of videos"
         )
-    if fs.isfile(location.root):
-        info = fs.info(location.root)
-        name = posixpath.basename(location.root)
-        return [SourceObject(name, location.url(), int(info["size"]), _etag_of(info))]
-    found = retry(lambda: fs.find(location.root, detail=True), what=f"list {location.url()}")
+    with storage_errors(location):
+        if fs.isfile(location.root):
+            info = fs.info(location.root)
+            name = posixpath.basename(location.root)
+            return [SourceObject(name, location.url(), int(info["size"]), _etag_of(info))]
+        found = fs.find(location.root, detail=True)
     objects = []
     root = location.root.rstrip("/") + "/"
     for path, info in found.items():
@@ -265,41 +328,6 @@ def list_videos(location: Location, *, include_refused: bool = False) -> list[So
     return sorted(objects, key=lambda o: o.key)
 
 
-TRANSIENT = (ConnectionError, TimeoutError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Network hiccups and 5xx/throttling answers are worth retrying; 4xx are not."""
-    if isinstance(exc, TRANSIENT):
-        return True
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout"}
-    return type(exc).__name__ in {
-        "EndpointConnectionError",
-        "ReadTimeoutError",
-        "ConnectTimeoutError",
-    }
-
-
-def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, base_delay: float = 0.5) -> T:
-    """Call ``fn``, retrying transient failures with exponential backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            delay = base_delay * 2 ** (attempt - 1)
-            logger.warning(
-                "%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt, attempts, delay
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 @contextmanager
 def local_copy(url: str, options: dict[str, Any] | None, workdir: str | Path) -> Iterator[Path]:
     """A local file with the object's bytes (the file itself when it is already local)."""
@@ -311,7 +339,8 @@ def local_copy(url: str, options: dict[str, Any] | None, workdir: str | Path) ->
     handle, tmp = tempfile.mkstemp(suffix=suffix, dir=workdir)
     os.close(handle)
     try:
-        retry(lambda: location.fs.get_file(location.root, tmp), what=f"download {url}")
+        with storage_errors(location):
+            location.fs.get_file(location.root, tmp)
         yield Path(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -337,7 +366,7 @@ def put_file(local: Path, destination: Location, key: str) -> str:
             Path(tmp).unlink(missing_ok=True)
     else:
         try:
-            retry(lambda: destination.fs.put_file(str(local), target), what=f"upload {key}")
+            destination.fs.put_file(str(local), target)
         except Exception as exc:
             raise StorageError(
                 f"upload to {destination.url(key)} failed ({type(exc).__name__}: "
@@ -365,10 +394,7 @@ def create_exclusive(location: Location, key: str, payload: bytes) -> bool:
         return True
     if location.protocol in ("s3", "s3a"):
         try:
-            retry(
-                lambda: location.fs.pipe_file(path, payload, mode="create"),
-                what=f"create {key}",
-            )
+            location.fs.pipe_file(path, payload, mode="create")
         except FileExistsError:
             return False
         except OSError as exc:  # s3fs maps a 412 without its condition to EINVAL

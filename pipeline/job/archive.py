@@ -24,14 +24,12 @@ from pipeline.io.locations import check_outputs_outside_source, check_source_and
 from pipeline.io.storage import (
     SourceObject,
     check_bucket_exists,
-    is_unreachable,
     list_videos,
     open_location,
-    retry,
-    unreachable_error,
+    storage_errors,
 )
 from pipeline.io.video import EncodeOptions
-from pipeline.job.assemble import SegmentJoiner, split_long_videos
+from pipeline.job.assemble import SegmentJoiner, frame_counts, split_long_videos
 from pipeline.job.claim import Claim, claimed
 from pipeline.job.manifest import ManifestStore, VideoRow, default_manifest_url, new_run_id
 from pipeline.job.plan import (
@@ -100,6 +98,30 @@ class RunSummary:
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class RunProgress:
+    """How far a run is, in frames and videos; handed to ``on_progress`` after planning and
+    after every finished task (a whole video or one segment of a long one).
+
+    ``frames_total`` is the frames the containers declare for the videos to do, less what
+    failed videos will never de-rain (it shrinks when one fails); 0 when no container says.
+    """
+
+    videos_total: int
+    videos_done: int = 0
+    frames_total: int = 0
+    frames_done: int = 0
+
+
+def _expected_frames(task: VideoTask, count: int | None) -> int:
+    """Frames ``task`` should write: its segment's, else its container's count (0: unknown)."""
+    segment = task.segment
+    if segment is None:
+        return count or 0
+    stop = segment.stop if segment.stop is not None else count
+    return max(0, (stop or 0) - segment.start)
 
 
 def _resume(store: ManifestStore, job: ArchiveJob, model_version: str):
@@ -186,12 +208,8 @@ def check_locations(job: ArchiveJob) -> None:
     source = open_location(job.source, job.storage_options)
     # The source's store first: an unreachable endpoint is one line, within seconds.
     check_bucket_exists(source, "source")
-    try:
-        is_file = retry(lambda: source.fs.isfile(source.root), what=f"check {source.url()}")
-    except Exception as exc:
-        if is_unreachable(exc):
-            raise unreachable_error(source, exc) from exc
-        raise
+    with storage_errors(source):
+        is_file = source.fs.isfile(source.root)
     check_source_and_destination(
         job.source, job.destination, extension=job.encode.extension, source_is_file=is_file
     )
@@ -285,8 +303,11 @@ def execute_run(
     plan: RunPlan,
     runner: Runner,
     on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
 ) -> RunSummary:
     """De-rain the planned videos on ``runner``; one manifest shard per finished video.
+    ``on_result`` is called per finished video, ``on_progress`` per finished task (a long
+    video's segments report frames while the video is still running).
 
     The shards are staged, not visible to readers until :func:`commit_run` commits them.
     When the circuit breaker trips, the videos still running are abandoned and the summary
@@ -302,18 +323,36 @@ def execute_run(
         files=list(plan.resumed_files),
     )
     context = RunContext(plan.run_id, job.destination, options, options, job.manifest_url)
+    counts = frame_counts(plan.todo, options)
     tasks = split_long_videos(
-        plan.todo, options, segment_frames=job.segment_frames, warmup_frames=job.warmup_frames
+        plan.todo,
+        options,
+        segment_frames=job.segment_frames,
+        warmup_frames=job.warmup_frames,
+        counts=counts,
     )
+    count_of = {t.video_id: c for t, c in zip(plan.todo, counts, strict=True)}
+    progress = RunProgress(videos_total=len(plan.todo), frames_total=sum(c or 0 for c in counts))
+    if on_progress:
+        on_progress(progress)
     if len(tasks) > len(plan.todo):
         logger.info("%d videos split into %d tasks", len(plan.todo), len(tasks))
     joiner = SegmentJoiner(job.destination, options, job.encode)
     breaker = CircuitBreaker(job.max_unexpected_failures)
     results = runner.run(tasks, context)
     for result in results:
+        expected = _expected_frames(result.task, count_of.get(result.task.video_id))
+        progress.frames_done += result.row.frames
+        if result.row.status != "ok":  # never de-rained: out of the total
+            progress.frames_total -= max(0, expected - result.row.frames)
         whole = joiner.add(result)
         if whole is None:
+            if on_progress:
+                on_progress(progress)
             continue  # more segments of this video to come
+        progress.videos_done += 1
+        if on_progress:
+            on_progress(progress)
         task, row = whole.task, whole.row
         summary.files += store.write_video(row, whole.frames)
         if row.status == "ok":
@@ -381,8 +420,8 @@ def run_archive(
     *,
     model_name: str,
     model_version: str,
-    on_planned: Callable[[int], None] | None = None,
     on_result: Callable[[VideoTask, VideoRow], None] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
     claim: Claim | None = None,
 ) -> RunSummary:
     """The whole job: discover → plan → execute → commit (``derain run``; the flow's steps).
@@ -399,15 +438,13 @@ def run_archive(
                 runner,
                 model_name=model_name,
                 model_version=model_version,
-                on_planned=on_planned,
                 on_result=on_result,
+                on_progress=on_progress,
                 claim=held,
             )
     plan = plan_run(job, discover(job), model_name=model_name, model_version=model_version)
     claim.set_run_id(plan.run_id)
-    if on_planned:
-        on_planned(len(plan.todo))
-    summary = execute_run(plan, runner, on_result)
+    summary = execute_run(plan, runner, on_result, on_progress)
     commit_run(plan, summary)
     if summary.stopped:
         raise RunStopped(f"run {summary.run_id} {summary.stopped}", summary)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.errors import StorageError, VideoError
 from pipeline.io.scratch import scratch_dir
-from pipeline.io.storage import open_location, put_file, retry
+from pipeline.io.storage import open_location, put_file
 from pipeline.io.video import EncodeOptions, concat_videos, probe
 from pipeline.job.manifest import FrameRows, VideoRow
 from pipeline.job.plan import VideoTask
@@ -43,6 +43,17 @@ def container_frames(url: str, options: dict[str, Any]) -> int | None:
         return None
 
 
+def frame_counts(
+    tasks: list[VideoTask], options: dict[str, Any], probe_threads: int = 8
+) -> list[int | None]:
+    """The frame count each task's container declares (None where it cannot say), read in
+    parallel from the containers' headers."""
+    if not tasks:
+        return []
+    with ThreadPoolExecutor(max_workers=probe_threads) as pool:
+        return list(pool.map(lambda t: container_frames(t.source.url, options), tasks))
+
+
 def split_long_videos(
     tasks: list[VideoTask],
     options: dict[str, Any],
@@ -50,12 +61,14 @@ def split_long_videos(
     segment_frames: int,
     warmup_frames: int,
     probe_threads: int = 8,
+    counts: list[int | None] | None = None,
 ) -> list[VideoTask]:
-    """Replace each video longer than ``segment_frames`` by its segment tasks (in order)."""
+    """Replace each video longer than ``segment_frames`` by its segment tasks (in order).
+    ``counts``: the tasks' :func:`frame_counts`, when the caller has them already."""
     if segment_frames <= 0 or not tasks:
         return tasks
-    with ThreadPoolExecutor(max_workers=probe_threads) as pool:
-        counts = list(pool.map(lambda t: container_frames(t.source.url, options), tasks))
+    if counts is None:
+        counts = frame_counts(tasks, options, probe_threads)
     split: list[VideoTask] = []
     for task, frames in zip(tasks, counts, strict=True):
         segments = plan_segments(
@@ -155,7 +168,7 @@ class SegmentJoiner:
             for i, url in enumerate(part_urls):
                 target = Path(workdir) / f"{i:05d}{posixpath.splitext(url)[1]}"
                 part = open_location(url, self.options)
-                retry(lambda p=part, t=target: p.fs.get_file(p.root, str(t)), what=f"get {url}")
+                part.fs.get_file(part.root, str(target))
                 local_parts.append(target)
             joined = concat_videos(
                 local_parts, Path(workdir) / f"joined{self.encode.extension}", options=self.encode
@@ -166,6 +179,6 @@ class SegmentJoiner:
         for url in urls:
             location = open_location(url, self.options)
             try:
-                retry(lambda loc=location: loc.fs.rm_file(loc.root), what=f"delete {url}")
+                location.fs.rm_file(location.root)
             except (OSError, StorageError) as exc:
                 logger.warning("could not delete staged part %s: %s", url, exc)

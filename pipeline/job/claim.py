@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.io.storage import Location, create_exclusive, open_location, retry
+from pipeline.io.storage import Location, create_exclusive, open_location
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Claim:
             current = self._read()
             if current is not None and current.get("token") == self.token:
                 path = self.location.path(CLAIM_KEY)
-                retry(lambda: self.location.fs.rm_file(path), what=f"release {self.url}")
+                self.location.fs.rm_file(path)
         except Exception as exc:  # the next run takes a stale claim over
             logger.warning("could not release the claim %s: %s", self.url, exc)
 
@@ -144,14 +144,14 @@ def _overwrite(location: Location, key: str, payload: bytes) -> None:
             fh.write(payload)
         os.replace(tmp, path)  # a reader never sees half a claim
     else:
-        retry(lambda: location.fs.pipe_file(path, payload), what=f"write {key}")
+        location.fs.pipe_file(path, payload)
 
 
 def read_claim(location: Location) -> dict[str, Any] | None:
     """The claim at ``location`` (None: there is none); ``{}`` if it cannot be parsed."""
     path = location.path(CLAIM_KEY)
     try:
-        data = retry(lambda: location.fs.cat_file(path), what=f"read {CLAIM_KEY}")
+        data = location.fs.cat_file(path)
     except FileNotFoundError:
         return None
     try:

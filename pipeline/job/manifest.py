@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import StorageError
-from pipeline.io.storage import Location, retry
+from pipeline.io.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class ManifestStore:
             else:
                 pq.write_table(table, path, filesystem=self.fs)  # S3 PUT is all-or-nothing
 
-        self._retry(write, relative)
+        self._write_once(write, relative)
         return relative
 
     def makedirs(self, path: str) -> None:
@@ -260,9 +260,10 @@ class ManifestStore:
         if self.location.protocol == "file":
             self.fs.makedirs(path, exist_ok=True)
 
-    def _retry(self, fn, relative: str) -> None:
+    def _write_once(self, fn, relative: str) -> None:
+        """Run one write (botocore retries it, see ``S3_CONFIG_DEFAULTS``); one clear error."""
         try:
-            retry(fn, what=f"write {relative}")
+            fn()
         except Exception as exc:
             raise StorageError(
                 f"writing the manifest file {self.location.url(relative)} failed "
@@ -298,7 +299,7 @@ class ManifestStore:
         path = self.location.path(relative)
         self.makedirs(posixpath.dirname(path))
         payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-        self._retry(lambda: self.fs.pipe_file(path, payload), relative)
+        self._write_once(lambda: self.fs.pipe_file(path, payload), relative)
 
     def begin_run(self, run_id: str, plan: dict[str, Any]) -> None:
         self._put_json(f"_runs/{run_id}.json", {"run_id": run_id, **plan})

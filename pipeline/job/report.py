@@ -7,7 +7,6 @@ PNGs next to it; ``derain report DST``) and a Prefect artifact (images inlined a
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import posixpath
@@ -138,7 +137,8 @@ def _cell(value: Any) -> str:
 
 
 def render_markdown(report: RunReport, image_link: Callable[[str], str]) -> str:
-    """Markdown for ``report``; ``image_link(name)`` says where each PNG is (file or data URI)."""
+    """Markdown for ``report``; ``image_link(name)`` says where each PNG is (a relative name
+    beside the report, or the URL of the file written there)."""
     c = report.commit
     lines = [
         f"# derain-archive run {report.run_id}",
@@ -165,10 +165,6 @@ def render_markdown(report: RunReport, image_link: Callable[[str], str]) -> str:
             lines += ["", f"![before and after]({image_link(s['thumbnail'])})", ""]
             lines.append("Before (left) and after (right), middle frame.")
     return "\n".join(lines) + "\n"
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def write_report(store: ManifestStore, report: RunReport) -> str:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.io.storage import Location, open_location, put_file, retry
+from pipeline.io.storage import Location, open_location, put_file
 
 if TYPE_CHECKING:
     from j4r.sources import CleanSource
@@ -26,9 +26,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # j4r.sources.IMAGE_SUFFIXES
 def list_images(location: Location) -> dict[str, int]:
     """Image files directly or deeper under the prefix: ``{relative key: size in bytes}``."""
     fs = location.fs
-    if not retry(lambda: fs.exists(location.root), what=f"check {location.url()}"):
+    if not fs.exists(location.root):
         return {}
-    found = retry(lambda: fs.find(location.root, detail=True), what=f"list {location.url()}")
+    found = fs.find(location.root, detail=True)
     return {
         posixpath.relpath(path, location.root): int(info.get("size") or 0)
         for path, info in found.items()
@@ -81,7 +81,7 @@ def download_training_sources(
         for key in keys:
             local = Path(tmp) / posixpath.basename(key)
             remote = location.path(key)
-            retry(lambda r=remote, f=local: location.fs.get_file(r, str(f)), what=f"get {key}")
+            location.fs.get_file(remote, str(local))
             sources.append(CleanSource(key, read_image_rgb(local, max_side)))
             local.unlink()
     logger.info("training content: %d photos from %s", len(sources), location.url())

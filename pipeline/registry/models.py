@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ModelRegistryError
-from pipeline.io.storage import Location, open_location, put_file, retry
+from pipeline.io.storage import Location, open_location, put_file
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,11 @@ def _check_version_name(version: str) -> str:
 
 def _read_json(location: Location, path: str) -> dict[str, Any] | None:
     """The JSON object at ``path`` in ``location``'s filesystem, or None when absent."""
-    fs = location.fs
-
-    def read() -> dict[str, Any] | None:
-        try:
-            with fs.open(path, "rb") as fh:
-                return json.loads(fh.read())
-        except FileNotFoundError:
-            return None
-
-    return retry(read, what=f"read {path}")
+    try:
+        with location.fs.open(path, "rb") as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return None
 
 
 def _sha256(path: Path) -> str:
@@ -163,13 +158,13 @@ def _download_version(source: Location, version: str, sha256: str, cache_dir: Pa
             shutil.rmtree(target, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fs = source.fs
-    found = retry(lambda: fs.find(source.root), what=f"list {source.url()}")
+    found = fs.find(source.root)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".download-"))
     try:
         for remote in found:
             local = tmp / posixpath.relpath(remote, source.root)
             local.parent.mkdir(parents=True, exist_ok=True)
-            retry(lambda r=remote, f=local: fs.get_file(r, str(f)), what=f"download {remote}")
+            fs.get_file(remote, str(local))
         _verify_download(tmp, sha256, source.url())
         try:
             os.replace(tmp, target)
@@ -263,10 +258,10 @@ def list_models(registry_url: str, options: dict[str, Any] | None = None) -> lis
     """
     registry = open_location(registry_url, options)
     fs, family = registry.fs, _family(registry)
-    if not retry(lambda: fs.exists(family), what=f"check {registry.url(MODEL_FAMILY)}"):
+    if not fs.exists(family):
         return []
     pointer = _read_json(registry, registry.path(f"{MODEL_FAMILY}/{LATEST}")) or {}
-    entries = retry(lambda: fs.ls(family, detail=True), what=f"list {registry.url(MODEL_FAMILY)}")
+    entries = fs.ls(family, detail=True)
     models = []
     for entry in sorted(entries, key=lambda e: e["name"]):
         if entry.get("type") != "directory":
@@ -282,7 +277,7 @@ def list_models(registry_url: str, options: dict[str, Any] | None = None) -> lis
                 "name": config.get("name", ""),
                 "sha256": config.get("sha256", ""),
                 "url": registry.url(f"{MODEL_FAMILY}/{version}"),
-                "modified": _modified(retry(lambda w=weights: fs.info(w), what=f"stat {weights}")),
+                "modified": _modified(fs.info(weights)),
                 "latest": version == pointer.get("version"),
             }
         )
