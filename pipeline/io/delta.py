@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.errors import StorageError
-from pipeline.io.storage import Location, is_unreachable, unreachable_error
+from pipeline.errors import EndpointUnreachable, StorageError
+from pipeline.io.storage import Location, endpoint_of, infrastructure_error
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,19 @@ def delta_storage_options(location: Location) -> dict[str, str]:
     return options
 
 
+# delta-rs reports a dead endpoint as a plain error whose text says so (no botocore types).
+_UNREACHABLE_TEXT = ("connection refused", "error trying to connect", "dns error", "timed out")
+
+
 def _storage_error(location: Location, relative: str, action: str, exc: Exception):
-    if is_unreachable(exc):
-        return unreachable_error(location, exc)
+    infra = infrastructure_error(exc, location)
+    if infra is not None:
+        return infra
+    if any(text in str(exc).lower() for text in _UNREACHABLE_TEXT):
+        return EndpointUnreachable(
+            f"cannot reach {endpoint_of(location)} for {location.url(relative)} "
+            f"({type(exc).__name__}): check --endpoint-url / AWS_ENDPOINT_URL and the network"
+        )
     return StorageError(
         f"{action} the Delta table {location.url(relative)} failed "
         f"({type(exc).__name__}: {str(exc)[:300]})"
