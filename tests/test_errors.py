@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from pipeline.cli.main import main
@@ -22,6 +20,14 @@ from pipeline.job.worker import RunContext, process_task
 from pipeline.stage.config import StageConfig
 from pipeline.stage.derain import DerainStage
 from tests.helpers import moving_frames_thwc_u8, write_video
+
+
+def committed_runs(destination):
+    """The rows of the manifests' ``runs`` table under ``destination``."""
+    from pipeline.io.storage import open_location
+    from pipeline.job.manifest import ManifestStore
+
+    return ManifestStore(open_location(str(destination / "_manifests"))).commits()
 
 
 def test_the_project_errors_share_one_base_and_j4r_checkpoint_errors_stay_catchable():
@@ -81,8 +87,7 @@ def test_unexpected_failures_in_a_row_stop_the_run_after_committing(
     assert code == 1
     err = capsys.readouterr().err
     assert "stopped after 3 videos in a row failed with an unexpected RuntimeError" in err
-    (commit_file,) = (tmp_path / "out" / "_manifests" / "_commits").glob("*.json")
-    commit = json.loads(commit_file.read_text())
+    (commit,) = committed_runs(tmp_path / "out")
     assert (commit["ok"], commit["failed"]) == (1, 3)  # e.mkv was never started
     assert "RuntimeError" in commit["stopped"]
     assert (tmp_path / "out" / "a.mp4").exists()
@@ -95,9 +100,8 @@ def test_expected_failures_do_not_stop_the_run(tmp_path, tiny_checkpoint, monkey
     args = ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--checkpoint"]
     code = main([*args, str(tiny_checkpoint), "--runner", "sequential", "--no-progress"])
     assert code == 1  # four failed videos, all of them tried
-    (commit_file,) = (tmp_path / "out" / "_manifests" / "_commits").glob("*.json")
-    commit = json.loads(commit_file.read_text())
-    assert commit["failed"] == 4 and "stopped" not in commit
+    (commit,) = committed_runs(tmp_path / "out")
+    assert commit["failed"] == 4 and commit["stopped"] is None
 
 
 @pytest.mark.parametrize(
