@@ -83,9 +83,10 @@ class _ThroughDDP:
     and let the ranks drift apart.
     """
 
-    def __init__(self, ddp: torch.nn.Module):
+    def __init__(self, ddp: torch.nn.Module, gate: torch.nn.Module | None):
         self.ddp = ddp
         self.module = self
+        self.gate = gate  # the core's rain gate (or None): train_step adds its loss when set
 
     def __call__(self, clip: torch.Tensor):
         return self.ddp(clip)
@@ -102,7 +103,7 @@ def _wrap(core: torch.nn.Module, stage: int) -> _ThroughDDP:
     ddp = ray.train.torch.prepare_model(
         _StagePath(core), parallel_strategy_kwargs={"find_unused_parameters": stage == 1}
     )
-    return _ThroughDDP(ddp)
+    return _ThroughDDP(ddp, core.gate)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
