@@ -46,8 +46,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join ``address`` (``auto``, ``host:port``, ``ray://...``), else the cluster ``RAY_ADDRESS``
     names (a Ray Job, the local stack), else start a local Ray sized to this machine.
 
-    An address that does not answer is :class:`RayUnavailable` within seconds."""
+    An address that does not answer is :class:`RayUnavailable` within seconds, also when this
+    process is already connected (library callers, tests): an explicit address is a promise."""
     if ray.is_initialized():
+        if address:
+            check_reachable(address)
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
