@@ -26,7 +26,8 @@ def scratch_dir(purpose: str, parent: str | Path | None = None) -> tempfile.Temp
     return tempfile.TemporaryDirectory(prefix=f"derain-{os.getpid()}-{purpose}-", dir=parent)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (someone else's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -43,7 +44,7 @@ def sweep_stale_scratch(parent: str | Path | None = None, *, min_age_s: float = 
     now = time.time()
     for entry in root.glob("derain-*"):
         match = _NAME.match(entry.name)
-        if not match or not entry.is_dir() or _alive(int(match.group(1))):
+        if not match or not entry.is_dir() or pid_alive(int(match.group(1))):
             continue
         try:
             if now - entry.stat().st_mtime < min_age_s:

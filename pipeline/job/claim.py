@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import UsageError
+from pipeline.io.scratch import pid_alive
 from pipeline.io.storage import Location, create_exclusive, open_location
 
 logger = logging.getLogger(__name__)
@@ -47,21 +48,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process, alive
-    return True
-
-
 def stale_reason(claim: dict[str, Any], ttl_s: float, now: datetime | None = None) -> str | None:
     """Why ``claim`` no longer holds (its owner is gone), or None while it does."""
     now = now or _now()
     pid = claim.get("pid")
-    if claim.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+    if claim.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         return f"its process {pid} on this host is gone"
     try:
         beat = datetime.fromisoformat(str(claim.get("heartbeat_at") or claim.get("started_at")))
