@@ -27,6 +27,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 GRACE_S = 3.0
+# Write ends of the watchers' pipes: held open, never written, for as long as this process lives.
+_LIFELINES: list[int] = []
 
 
 def _uses(process: Path, folder: str) -> bool:
@@ -90,7 +92,7 @@ def start_reaper(session_dir: str) -> subprocess.Popen:
         close_fds=True,
     )
     os.close(read_end)
-    start_reaper.keep_open = write_end  # type: ignore[attr-defined]  # lives as long as we do
+    _LIFELINES.append(write_end)
     logger.debug("reaper %d watches %s", watcher.pid, session_dir)
     return watcher
 
