@@ -111,17 +111,22 @@ s3_ok() {
 prefect_ok() { [ "$(curl -sf -m 10 "http://127.0.0.1:$PREFECT_PORT/api/health")" = true ]; }
 # Ray counts as up only when its GCS reports a live node (`ray status` exits 0 with "No cluster
 # status" while the cluster is half up) and its Jobs API lists jobs with the auth token.
+# Outputs are captured before grep: with pipefail, `cmd | grep -q` fails at random when grep
+# exits at its first match and the writer dies of SIGPIPE.
 ray_ok() {  # `ray status` retries a dead GCS for minutes: bounded here
-  (. "$ENV_FILE" && timeout 30 "$BIN/ray" status --address "127.0.0.1:$RAY_PORT" 2>&1) |
-    grep -q '^Active:'
+  local out
+  out=$(. "$ENV_FILE" && timeout 60 "$BIN/ray" status --address "127.0.0.1:$RAY_PORT" 2>&1) || return 1
+  grep -q '^Active:' <<< "$out"
 }
 jobs_api_ok() {
   curl -sf -m 10 -H "Authorization: Bearer $(cat "$TOKEN" 2>/dev/null)" \
     "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/jobs/" > /dev/null
 }
 worker_ok() {  # the pool has a worker that the server sees as ONLINE
-  curl -sf -m 10 -X POST -H 'Content-Type: application/json' -d '{}' \
-    "http://127.0.0.1:$PREFECT_PORT/api/work_pools/$POOL/workers/filter" | grep -q '"ONLINE"'
+  local out
+  out=$(curl -sf -m 10 -X POST -H 'Content-Type: application/json' -d '{}' \
+    "http://127.0.0.1:$PREFECT_PORT/api/work_pools/$POOL/workers/filter") || return 1
+  grep -q '"ONLINE"' <<< "$out"
 }
 ray_pids() { "$BIN/python" infra/local/procs.py find "$RAY_MARKER"; }
 
