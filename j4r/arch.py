@@ -183,7 +183,74 @@ class RainGate(nn.Module):
         return self.logits(self.head(x))
 
 
-# A gate logit that σ maps to 1.0 in fp32: networks without a gate change every pixel.
+class RainPresence(nn.Module):
+    """Is there rain in this frame at all? Per-pixel evidence, pooled over the frame, -> a logit.
+
+    Not in the paper. Most frames of an archive are dry, and a per-pixel gate alone cannot
+    tell a thin bright pole or a glyph from a streak: in one place they look alike. Over a
+    whole frame they do not: rain leaves many small, scattered, short-lived marks, a pole one
+    persistent one. The final output is ``B̂ = O + σ(p) (B̂_local − O)`` with ``p`` this
+    module's logit, so a frame judged dry comes out as it went in.
+
+    The evidence is a per-pixel MLP (1x1 convolutions) over what the network already knows at
+    that pixel (both hidden streams, α, the gate, the local change), so it can be fitted on
+    pixel samples of a frozen network (:mod:`j4r.presence`). It is pooled by a plain mean
+    (:meth:`pool`) and the decision is affine (:meth:`decide`), so the logit of a whole frame
+    is the mean of its parts' logits weighted by their share of the frame: a frame run as
+    tiles gets the decision it would get whole (:func:`j4r.tiling.derain_tiled_frame`). Keep
+    both linear. The decision's bias starts at +4 (σ ≈ 0.98): a head added to a trained
+    network first leaves it as it was.
+    """
+
+    def __init__(self, *, channels: int, hidden: int = 32, evidence_channels: int = 16):
+        super().__init__()
+        self.in_channels = 2 * channels + 4
+        self.body = nn.Sequential(
+            nn.Conv2d(self.in_channels, hidden, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, evidence_channels, kernel_size=1),
+            nn.ReLU(),
+        )
+        self.decision = nn.Linear(evidence_channels, 1)
+        nn.init.normal_(self.decision.weight, std=1e-3)
+        nn.init.constant_(self.decision.bias, 4.0)
+
+    @staticmethod
+    def inputs(
+        removal_hidden: torch.Tensor,
+        reconstruction_hidden: torch.Tensor,
+        alpha_logits: torch.Tensor,
+        gate_logits: torch.Tensor,
+        change: torch.Tensor,
+    ) -> torch.Tensor:
+        """What the evidence sees per pixel: ``(b, 2 channels + 4, h, w)``."""
+        gate = torch.sigmoid(gate_logits)
+        return torch.cat([removal_hidden, reconstruction_hidden, alpha_logits, gate, change], 1)
+
+    def evidence(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-pixel evidence ``(b, evidence_channels, h, w)``, non-negative."""
+        return self.body(inputs)
+
+    @staticmethod
+    def pool(evidence: torch.Tensor) -> torch.Tensor:
+        """``(b, k, h, w)`` -> ``(b, k)``: the frame's mean evidence."""
+        return evidence.float().mean(dim=(-2, -1))
+
+    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled evidence ``(b, k)`` -> rain-presence logits ``(b, 1)``."""
+        return self.decision(pooled.to(self.decision.weight.dtype))
+
+
+def apply_presence(
+    luma: torch.Tensor, local_background: torch.Tensor, presence_logits: torch.Tensor
+) -> torch.Tensor:
+    """``O + σ(p) (B̂_local − O)``: luma ``(b, 1, h, w)``, logits ``(b, 1)``."""
+    scale = torch.sigmoid(presence_logits)[:, :, None, None].to(local_background.dtype)
+    return luma + scale * (local_background - luma)
+
+
+# A gate logit that σ maps to 1.0 in fp32: networks without a gate change every pixel, and
+# networks without a presence head treat every frame as rainy.
 OPEN_GATE_LOGIT = 30.0
 
 
@@ -195,6 +262,8 @@ class StepOutput(NamedTuple):
     alpha_logits: torch.Tensor  # (b, 2, h, w); softmax channel 1 = P(α = 1)
     detail: torch.Tensor  # C-Net detail map, (b, 1, h, w)
     gate_logits: torch.Tensor  # (b, 1, h, w); σ = share of the change applied (1: no gate)
+    presence_logits: torch.Tensor  # (b, 1); σ = P(rain in this frame) (1: no presence head)
+    local_background: torch.Tensor  # B̂ before the frame's presence scale, (b, 1, h, w)
 
 
 class ClipOutput(NamedTuple):
@@ -205,6 +274,8 @@ class ClipOutput(NamedTuple):
     alpha_logits: torch.Tensor
     detail: torch.Tensor
     gate_logits: torch.Tensor
+    presence_logits: torch.Tensor
+    local_background: torch.Tensor
 
 
 class J4RNet(nn.Module):
@@ -219,6 +290,7 @@ class J4RNet(nn.Module):
         jrc_blocks: int = 2,
         dnet_layers: int = 2,
         rain_gate: bool = False,
+        rain_presence: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -229,6 +301,7 @@ class J4RNet(nn.Module):
         self.cnet = CNet(channels=channels, blocks=cnet_blocks)
         self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
         self.gate = RainGate(channels=channels) if rain_gate else None
+        self.presence = RainPresence(channels=channels) if rain_presence else None
 
     def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
         """Empty memory for a batch shaped like ``luma (b, 1, h, w)``."""
@@ -257,7 +330,21 @@ class J4RNet(nn.Module):
         else:
             gate_logits = self.gate(removal_hidden, reconstruction_hidden, alpha_logits)
             background = luma + torch.sigmoid(gate_logits) * (background - luma)
-        return StepOutput(background, streaks, alpha_logits, detail, gate_logits), memory
+        local = background
+        if self.presence is None:
+            presence_logits = luma.new_full((luma.shape[0], 1), OPEN_GATE_LOGIT)
+        else:
+            evidence = self.presence.evidence(
+                self.presence.inputs(
+                    removal_hidden, reconstruction_hidden, alpha_logits, gate_logits, local - luma
+                )
+            )
+            presence_logits = self.presence.decide(self.presence.pool(evidence))
+            background = apply_presence(luma, local, presence_logits)
+        out = StepOutput(
+            background, streaks, alpha_logits, detail, gate_logits, presence_logits, local
+        )
+        return out, memory
 
     def forward(
         self, clip: torch.Tensor, memory: torch.Tensor | None = None

@@ -27,6 +27,7 @@ class NetConfig:
     jrc_blocks: int = 2  # residual pairs in JRC-Net (joint reconstruction)
     dnet_layers: int = 2  # 3x3 conv layers in D-Net before the 2-class α head
     rain_gate: bool = False  # beyond the paper: change only pixels a learned gate opens
+    rain_presence: bool = False  # beyond the paper: leave frames judged rain-free alone
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class TrainConfig:
     lambda_gate: float = 1e-2  # rain-gate mask loss (networks with ``rain_gate`` only)
     gate_threshold: float = 0.01  # luma change that counts as "touched by rain"
     gate_lr_scale: float = 1.0  # stage 2: the rain gate's learning rate relative to lr
+    lambda_presence: float = 1e-2  # rain-presence loss (networks with ``rain_presence`` only)
+    presence_threshold_db: float = 40.0  # a frame whose rain costs more PSNR than this is rainy
+    presence_lr_scale: float = 1.0  # stage 2: the presence head's learning rate relative to lr
     grad_clip: float = 1.0
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16: autocast dtype of forward and backward

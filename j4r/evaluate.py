@@ -89,7 +89,15 @@ def build_eval_set(preset: str, *, frames: int = 24, crop: int = 192) -> list[Ev
 
 
 # A method maps a rainy RGB clip (t, 3, h, w) to (de-rained RGB, P(α = 1) (t, 1, h, w) or None).
+# rainy RGB (t, 3, h, w) -> derained RGB, P(α = 1) per pixel (t, 1, h, w) or None.
 Method = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class J4RRun(tuple):
+    """What :func:`j4r_method` returns: unpacks as ``(derained, alpha)`` like every method,
+    and also carries the network's per-frame P(rain) ``(t,)`` as ``.rain``."""
+
+    rain: torch.Tensor
 
 
 def identity_method(rainy: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -123,7 +131,9 @@ def j4r_method(model: J4RNet) -> Method:
         out, _ = model(ycbcr[None, :, :1])
         background = out.background[0].clamp(0, 1)
         alpha = torch.softmax(out.alpha_logits[0], dim=1)[:, 1:]
-        return with_luma(ycbcr, background), alpha
+        result = J4RRun((with_luma(ycbcr, background), alpha))
+        result.rain = torch.sigmoid(out.presence_logits[0, :, 0].float())
+        return result
 
     return run
 
@@ -174,8 +184,12 @@ def score(method: Method, clips: list[EvalClip]) -> dict:
     per_clip: dict[str, dict[str, float]] = {}
     true_pos = pred_pos = real_pos = 0.0
     have_alpha = False
+    rain: list[float] = []
     for clip in clips:
-        derained, alpha_prob = method(clip.rainy)
+        ran = method(clip.rainy)
+        derained, alpha_prob = ran
+        if isinstance(ran, J4RRun):
+            rain += ran.rain.tolist()
         first = len(rows["psnr_rgb"])
         for t in range(clip.clean.shape[0]):
             pred, clean = derained[t], clip.clean[t]
@@ -184,6 +198,8 @@ def score(method: Method, clips: list[EvalClip]) -> dict:
             rows["psnr_y"].append(psnr(rgb_to_luma(pred), rgb_to_luma(clean)))
             rows["ssim_y"].append(ssim(rgb_to_luma(pred), rgb_to_luma(clean)))
         per_clip[clip.name] = {k: float(np.mean(v[first:])) for k, v in rows.items()}
+        if isinstance(ran, J4RRun):
+            per_clip[clip.name]["rain_probability"] = float(ran.rain.mean())
         if alpha_prob is not None:
             have_alpha = True
             predicted = alpha_prob > 0.5
@@ -196,6 +212,9 @@ def score(method: Method, clips: list[EvalClip]) -> dict:
     result["worst_clip"] = worst
     result["worst_psnr_rgb"] = per_clip[worst]["psnr_rgb"]
     result["clips"] = per_clip
+    if rain:  # the network's verdict: frames it judged rainy (presence head; 1 without one)
+        result["rain_probability"] = float(np.mean(rain))
+        result["rainy_frames"] = float(np.mean(np.asarray(rain) > 0.5))
     if have_alpha and real_pos > 0:
         result["alpha_precision"] = true_pos / pred_pos if pred_pos else 0.0
         result["alpha_recall"] = true_pos / real_pos
@@ -254,8 +273,8 @@ def markdown_table(results: dict) -> str:
     """One row per set and method; ``clean`` rows compare the output with the input."""
     lines = [
         "| set | method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | worst clip PSNR RGB "
-        "| gain Y (mean / worst clip) | α precision | α recall |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gain Y (mean / worst clip) | α precision | α recall | frames judged rainy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for preset, methods in results.items():
         for name, m in methods.items():
@@ -266,9 +285,10 @@ def markdown_table(results: dict) -> str:
             )
             worst = f"{m['worst_psnr_rgb']:.2f}" if "worst_psnr_rgb" in m else ""
             gain = f"{m['gain_y']:+.2f} / {m['worst_gain_y']:+.2f}" if "gain_y" in m else ""
+            judged = f"{m['rainy_frames']:.0%}" if "rainy_frames" in m else ""
             lines.append(
                 f"| {preset} | {name} | {m['psnr_rgb']:.2f} | {m['ssim_rgb']:.4f} | "
                 f"{m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {worst} | {gain} | "
-                f"{alpha[0]} | {alpha[1]} |"
+                f"{alpha[0]} | {alpha[1]} | {judged} |"
             )
     return "\n".join(lines) + "\n"

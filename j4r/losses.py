@@ -32,6 +32,13 @@ def rain_touched(rainy: torch.Tensor, clean: torch.Tensor, *, threshold: float) 
     return F.max_pool2d(changed, kernel_size=3, stride=1, padding=1).reshape(shape)
 
 
+def rain_present(rainy: torch.Tensor, clean: torch.Tensor, *, threshold_db: float) -> torch.Tensor:
+    """The presence head's target per frame: 1 where the rain costs more than
+    ``threshold_db`` of PSNR (luma). ``(b, t, 1, h, w)`` -> ``(b, t, 1)`` in {0, 1}."""
+    mse = (rainy - clean).pow(2).mean(dim=(-2, -1))
+    return (mse > 10 ** (-threshold_db / 10)).float()
+
+
 class LossTerms(NamedTuple):
     total: torch.Tensor
     joint: torch.Tensor
@@ -39,6 +46,7 @@ class LossTerms(NamedTuple):
     rect: torch.Tensor
     removal: torch.Tensor
     gate: torch.Tensor
+    presence: torch.Tensor
 
 
 def j4r_loss(
@@ -49,29 +57,36 @@ def j4r_loss(
     alpha: torch.Tensor,
     config: TrainConfig,
     rainy: torch.Tensor | None = None,
+    gated: bool = True,
+    present: bool = False,
 ) -> LossTerms:
     """Full-network loss on a clip; tensors ``(b, t, c, h, w)``, ``alpha`` in {0, 1}.
 
-    With ``rainy`` (networks that have a rain gate) the gate's logits also learn the mask of
-    pixels the rain touched, weighted by ``λg``: binary cross-entropy.
+    With ``rainy`` the rain gate's logits (networks that have one, ``gated``) learn the mask
+    of pixels the rain touched, weighted by ``λg``, and the presence head's logits (``present``)
+    whether a frame has rain at all, weighted by ``λp``: binary cross-entropies.
     """
     joint = F.mse_loss(out.background, clean)
     logits = out.alpha_logits.flatten(0, 1)
     detect = F.cross_entropy(logits, alpha.flatten(0, 1)[:, 0].long())
     rect = F.mse_loss(high_pass(out.background), high_pass(clean))
     removal = F.mse_loss(out.streaks, streaks)
-    gate = joint.new_zeros(())
-    if rainy is not None:
+    gate = presence = joint.new_zeros(())
+    if rainy is not None and gated:
         touched = rain_touched(rainy, clean, threshold=config.gate_threshold)
         gate = F.binary_cross_entropy_with_logits(out.gate_logits, touched)
+    if rainy is not None and present:
+        target = rain_present(rainy, clean, threshold_db=config.presence_threshold_db)
+        presence = F.binary_cross_entropy_with_logits(out.presence_logits, target)
     total = (
         joint
         + config.lambda_detect * detect
         + config.lambda_rect * rect
         + config.lambda_removal * removal
         + config.lambda_gate * gate
+        + config.lambda_presence * presence
     )
-    return LossTerms(total, joint, detect, rect, removal, gate)
+    return LossTerms(total, joint, detect, rect, removal, gate, presence)
 
 
 def single_frame_loss(
@@ -86,4 +101,5 @@ def single_frame_loss(
     joint = F.mse_loss(streak_free, clean)
     removal = F.mse_loss(predicted_streaks, streaks)
     zero = joint.new_zeros(())
-    return LossTerms(joint + config.lambda_removal * removal, joint, zero, zero, removal, zero)
+    total = joint + config.lambda_removal * removal
+    return LossTerms(total, joint, zero, zero, removal, zero, zero)

@@ -156,6 +156,7 @@ class TiledStats(NamedTuple):
     alpha_hist: torch.Tensor  # ALPHA_BINS counts of P(α = 1) over [0, 1]
     streak_abs_sum: float  # Σ |Ŝ|
     change_sum: float  # Σ |B̂ − O| on luma
+    rain_probability: float = 1.0  # σ of the frame's presence logit (1: no presence head)
 
     def alpha_quantile(self, q: float) -> float:
         """Approximate quantile (to 1 / ALPHA_BINS) with :func:`torch.kthvalue`'s rank."""
@@ -183,6 +184,12 @@ def derain_tiled_frame(
     :func:`j4r.model.derain_rgb_step` bound to a model (or anything that behaves like it).
     Only the blended luma is held for the whole frame (4 bytes a pixel); the colour
     conversion back to RGB runs in bands of ``band_rows`` rows.
+
+    Rain presence (networks with a presence head) is decided for the whole frame, not per
+    tile: the tiles' local outputs are blended, their presence logits averaged with their
+    cores' share of the frame as weights (the head is affine in mean-pooled evidence, so this
+    is the whole frame's logit up to the evidence near tile edges), and the frame's scale is
+    applied once to the blend.
     """
     h, w, _ = frame_hw3_u8.shape
     if (h, w) != (grid.height, grid.width):
@@ -191,14 +198,15 @@ def derain_tiled_frame(
         raise ValueError(f"{len(memories)} memories for {len(grid)} tiles")
     luma = torch.zeros(h, w)
     hist = torch.zeros(ALPHA_BINS, dtype=torch.float64)
-    alpha_sum = streak_sum = change_sum = 0.0
+    alpha_sum = streak_sum = change_sum = presence_logit = 0.0
     over_half = 0
     for index, (rows, cols) in enumerate(grid.tiles):
         crop = frame_hw3_u8[rows.start : rows.stop, cols.start : cols.stop]
         rgb = crop.to(device).permute(2, 0, 1)[None].float().div_(255.0)
         _, out, memory = step(rgb, memories[index])
         memories[index] = memory
-        background = out.background.clamp(0.0, 1.0)[0, 0].float().cpu()
+        # Before the presence scale, which is the frame's (applied below), not this tile's.
+        background = out.local_background.clamp(0.0, 1.0)[0, 0].float().cpu()
         weight = torch.tensor(rows.weights)[:, None] * torch.tensor(cols.weights)[None, :]
         luma[rows.start : rows.stop, cols.start : cols.stop] += background * weight
         # Statistics over the core only (each pixel counted once).
@@ -211,14 +219,24 @@ def derain_tiled_frame(
         streak_sum += float(out.streaks[0, 0, ys, xs].float().abs().sum(dtype=torch.float64))
         input_luma = rgb_to_ycbcr(rgb[0, :, ys, xs])[0].cpu()
         change_sum += float((background[ys, xs] - input_luma).abs().sum(dtype=torch.float64))
+        core_share = (ys.stop - ys.start) * (xs.stop - xs.start) / (h * w)
+        presence_logit += core_share * float(out.presence_logits.float().flatten()[0])
         # Let this tile's memory and outputs go before the next tile's step allocates its own.
         del memory, out, rgb, background, prob, input_luma
+    rain_probability = float(torch.sigmoid(torch.tensor(presence_logit)))  # fp32, like a step
     out_hw3 = torch.empty_like(frame_hw3_u8)
     for top in range(0, h, band_rows):
         band = frame_hw3_u8[top : top + band_rows].permute(2, 0, 1).float().div_(255.0)
-        rgb = with_luma(rgb_to_ycbcr(band), luma[None, top : top + band_rows])
+        ycbcr = rgb_to_ycbcr(band)
+        local = luma[None, top : top + band_rows]
+        if rain_probability < 1.0:  # O + s (B̂_local − O); s == 1 keeps gate-less nets exact
+            local = ycbcr[:1] + rain_probability * (local - ycbcr[:1])
+        rgb = with_luma(ycbcr, local)
         out_hw3[top : top + band_rows] = (
             rgb.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0)
         )
-    stats = TiledStats(h * w, alpha_sum, over_half, hist, streak_sum, change_sum)
+    change_sum *= rain_probability  # the change is linear in the scale
+    stats = TiledStats(
+        h * w, alpha_sum, over_half, hist, streak_sum, change_sum, rain_probability
+    )
     return out_hw3, stats

@@ -47,23 +47,27 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.optim.Adam:
     """Stage 1 trains the single-frame path; stage 2 all of it, the trunk more slowly (and
-    the rain gate, when there is one, at its own rate: a gate added to a trained network
-    when fine-tuning has everything to learn)."""
+    the rain gate and presence head, when there are, each at its own rate: a head added to a
+    trained network when fine-tuning has everything to learn). A presence head is best
+    fitted on its own afterwards, on a frozen network (:mod:`j4r.presence`)."""
     if stage == 1:
         groups = [
             {"params": [*model.features.parameters(), *model.rnet.parameters()], "lr_scale": 1.0}
         ]
-    else:
-        trunk = list(model.features.parameters())
-        gate = [] if model.gate is None else list(model.gate.parameters())
-        special = {id(p) for p in trunk + gate}
-        rest = [p for p in model.parameters() if id(p) not in special]
-        groups = [
-            {"params": trunk, "lr_scale": config.trunk_lr_scale},
-            {"params": rest, "lr_scale": 1.0},
-        ]
-        if gate:
-            groups.append({"params": gate, "lr_scale": config.gate_lr_scale})
+        return torch.optim.Adam(groups, lr=config.lr_start)
+    presence = [] if model.presence is None else list(model.presence.parameters())
+    trunk = list(model.features.parameters())
+    gate = [] if model.gate is None else list(model.gate.parameters())
+    special = {id(p) for p in trunk + gate + presence}
+    rest = [p for p in model.parameters() if id(p) not in special]
+    groups = [
+        {"params": trunk, "lr_scale": config.trunk_lr_scale},
+        {"params": rest, "lr_scale": 1.0},
+    ]
+    if gate:
+        groups.append({"params": gate, "lr_scale": config.gate_lr_scale})
+    if presence:
+        groups.append({"params": presence, "lr_scale": config.presence_lr_scale})
     return torch.optim.Adam(groups, lr=config.lr_start)
 
 
@@ -105,7 +109,9 @@ def train_step(
                 streaks=batch.streaks,
                 alpha=batch.alpha,
                 config=config,
-                rainy=batch.rainy if core.gate is not None else None,
+                rainy=batch.rainy,
+                gated=core.gate is not None,
+                present=core.presence is not None,
             )
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
@@ -183,30 +189,42 @@ def resume(
     return start_step, optimizer, elapsed
 
 
+# Heads beyond the paper that fine-tuning may add to a checkpoint that lacks them:
+# NetConfig field -> the module's state_dict prefix.
+ADDABLE_HEADS = {"rain_gate": "gate.", "rain_presence": "presence."}
+
+
+def check_init_from(folder: str | Path, net: NetConfig) -> list[str]:
+    """The heads ``net`` adds to the checkpoint in ``folder``; ``ValueError`` when the two
+    networks differ otherwise (a size, or dropping a head the checkpoint has)."""
+    import dataclasses
+
+    from j4r.checkpoint import read_info
+
+    info = read_info(folder)
+    added = [f for f in ADDABLE_HEADS if getattr(net, f) and not getattr(info.net, f)]
+    if dataclasses.replace(info.net, **{f: True for f in added}) != net:
+        raise ValueError(
+            f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
+            " (set net.* to match it; only rain_gate and rain_presence may be added)"
+        )
+    return added
+
+
 def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[str, str]:
     """Copy a checkpoint's weights into ``model``; returns its identity.
 
-    The network config must match, except that a checkpoint without a rain gate may start a
-    network with one: the gate keeps its fresh initialisation (nearly open, see
-    :class:`j4r.arch.RainGate`).
+    The network config must match, except that a checkpoint without a rain gate or a
+    presence head may start a network with one: the new head keeps its fresh initialisation
+    (nearly open, see :class:`j4r.arch.RainGate` and :class:`j4r.arch.RainPresence`).
     """
-    import dataclasses
-
     from j4r.checkpoint import load_checkpoint
 
+    added = check_init_from(folder, net)
     source, info = load_checkpoint(folder)
-    adding_gate = net.rain_gate and not info.net.rain_gate
-    if (
-        dataclasses.replace(
-            info.net, rain_gate=net.rain_gate if adding_gate else info.net.rain_gate
-        )
-        != net
-    ):
-        raise ValueError(
-            f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
-        )
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=not adding_gate)
-    if unexpected or any(not key.startswith("gate.") for key in missing):
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=not added)
+    new_prefixes = tuple(ADDABLE_HEADS[f] for f in added)
+    if unexpected or any(not key.startswith(new_prefixes) for key in missing):
         raise ValueError(f"--init-from {folder}: weights do not fit: {missing + unexpected}")
     return {"name": info.name, "version": info.version, "sha256": info.sha256}
 

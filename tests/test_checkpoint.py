@@ -58,9 +58,8 @@ def test_shipped_checkpoint_loads_and_is_small():
     assert (DEFAULT_CHECKPOINT / "MODEL_CARD.md").exists()
     model, _ = load_checkpoint()
     assert info.name.startswith("j4r-")
-    # The single-frame model has the same trunk; only the full network carries the rain gate.
+    # The single-frame model has the same trunk; only the full network carries the heads.
     stage1 = read_info(DEFAULT_CHECKPOINT / "stage1").net
-    assert dataclasses.replace(stage1, rain_gate=False) == dataclasses.replace(
-        info.net, rain_gate=False
-    )
+    no_heads = {"rain_gate": False, "rain_presence": False}
+    assert dataclasses.replace(stage1, **no_heads) == dataclasses.replace(info.net, **no_heads)
     assert not model.training

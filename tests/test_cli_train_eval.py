@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from j4r.checkpoint import read_info
+from j4r.checkpoint import DEFAULT_CHECKPOINT, read_info
 from pipeline.cli.main import main
 from tests.helpers import moving_frames_thwc_u8, write_video
 
@@ -97,3 +97,14 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
     src = write_video(tmp_path / "in.mkv", moving_frames_thwc_u8(2, 16, 16))
     assert main(["run", str(src), str(tmp_path / "o"), "--checkpoint", str(tmp_path)]) == 2
     assert "derain train" in capsys.readouterr().err
+
+
+def test_train_refuses_contradicting_settings_before_any_work(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["train", "--preset", "tiny", "--run-dir", str(run_dir)]
+    assert main([*base, "--init-from", str(tmp_path)]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
+    # The shipped checkpoint is `small` with a rain gate: a tiny net cannot start from it.
+    assert main([*base, "--init-from", str(DEFAULT_CHECKPOINT)]) == 2
+    assert "differs from" in capsys.readouterr().err
+    assert not run_dir.exists()

@@ -146,3 +146,25 @@ def test_v1_manifests_are_refused_then_migrated_once(tmp_path, tiny_checkpoint, 
     (skipped,) = store.read("videos", run_id=runs[1]["run_id"]).to_pylist()
     assert (skipped["status"], skipped["model_name"]) == ("skipped", "j4r-tiny")
     assert store.read("frames").num_rows == 3  # the migrated frames, once
+
+
+def test_a_table_written_before_a_column_existed_takes_rows_that_have_it(tmp_path):
+    """Schema 4 added frames' ``rain_probability``: appending to a schema-3 table merges the
+    column in; the old rows read it as null, the new ones as written."""
+    from pipeline.io.delta import append_once, read_table
+
+    location = open_location(str(tmp_path / "m"))
+    full = frames_schema()
+    old = pa.schema([f for f in full if f.name != "rain_probability"])
+
+    def rows(schema, run_id, **extra):
+        values = {"schema_version": 3, "run_id": run_id, "video_id": "v", "frame_index": 0,
+                  "timestamp_s": 0.0, "alpha_mean": 0.1, "alpha_frac": 0.0, "alpha_p95": 0.2,
+                  "streak_mean": 0.0, "change_mean": 0.01, **extra}  # fmt: skip
+        return pa.Table.from_pylist([values], schema=schema)
+
+    assert append_once(location, "frames", rows(old, "r3"), app_id="derain-run-r3", version=1)
+    new = rows(full, "r4", rain_probability=0.25)
+    assert append_once(location, "frames", new, app_id="derain-run-r4", version=1)
+    table = read_table(location, "frames", full).to_pylist()
+    assert {r["run_id"]: r["rain_probability"] for r in table} == {"r3": None, "r4": 0.25}

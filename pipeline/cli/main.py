@@ -236,6 +236,43 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.cli.train:train_command"))
 
 
+def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-presence",
+        help="fit a checkpoint's rain-presence head (frames judged dry are left alone)",
+        description="Adds a rain-presence head to CHECKPOINT (or refits its own) and fits it on "
+        "a frozen network: runs the network over --clips synthetic training clips (rain-free "
+        "and rainy, from the training content only), keeps each frame's head inputs at random "
+        "pixels and whether its rain costs more than --threshold-db of PSNR, then fits the "
+        "head on them. Prints the scores on held-out clips; writes the checkpoint to --out.",
+    )
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    p.add_argument("--out", type=Path, required=True, help="folder for the new checkpoint")
+    p.add_argument("--clips", type=int, default=2000, help="synthetic clips to collect (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the collected clips")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a clip setting, e.g. clip.clean_fraction=0.5 (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--samples", type=Path, action="append", default=[],
+        help="also fit on samples saved by an earlier --save-samples (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--save-samples", type=Path, help="save the collected samples here")
+    p.add_argument(
+        "--threshold-db", type=float, default=40.0,
+        help="a frame whose rain costs more than this PSNR (luma) counts as rainy",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=int, default=15, help="passes over the samples")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    p.add_argument(
+        "--model-version", default="dev", help="model version recorded in the checkpoint"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_lazy("pipeline.cli.presence:fit_presence_command"))
+
+
 def _add_train_ray(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-ray",
@@ -461,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_models,
         _add_train,
+        _add_fit_presence,
         _add_train_ray,
         _add_eval,
         _add_demo,

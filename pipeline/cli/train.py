@@ -41,8 +41,13 @@ def train_command(args: argparse.Namespace) -> int:
     from j4r.train import train
     from pipeline.stage.device import resolve_device
 
-    with usage_errors(ValueError, OSError):
+    from j4r.checkpoint import CheckpointError
+    from j4r.train import check_init_from
+
+    with usage_errors(ValueError, OSError, CheckpointError):
         net, config = resolve_configs(args)
+        if args.init_from:
+            check_init_from(args.init_from, net)  # before minutes of loading content
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

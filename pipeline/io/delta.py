@@ -165,6 +165,9 @@ def append_once(
             uri,
             data,
             mode="append",
+            # Columns added by a newer schema version (e.g. frames' rain_probability in v4)
+            # join a table created before them; older rows read them as null.
+            schema_mode="merge",
             storage_options=options,
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app_id=app_id, version=version)],

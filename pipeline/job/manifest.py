@@ -37,7 +37,7 @@ from pipeline.io.storage import Location
 logger = logging.getLogger(__name__)
 
 # 3: Delta tables (rows as in 2); 2: videos rows record precision and tiles (1 reads them as null)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def videos_schema():
@@ -90,6 +90,7 @@ def frames_schema():
             ("alpha_p95", pa.float32()),
             ("streak_mean", pa.float32()),
             ("change_mean", pa.float32()),
+            ("rain_probability", pa.float32()),
         ]
     )
 
@@ -149,6 +150,7 @@ class FrameRows:
     alpha_p95: list[float] = field(default_factory=list)
     streak_mean: list[float] = field(default_factory=list)
     change_mean: list[float] = field(default_factory=list)
+    rain_probability: list[float] = field(default_factory=list)
 
 
 MANIFEST_FOLDER = "_manifests"

@@ -66,6 +66,7 @@ def frame_rows(result: VideoResult, first_index: int = 0) -> FrameRows:
         rows.alpha_p95.append(stats.alpha_p95)
         rows.streak_mean.append(stats.streak_mean)
         rows.change_mean.append(stats.change_mean)
+        rows.rain_probability.append(stats.rain_probability)
     return rows
 
 

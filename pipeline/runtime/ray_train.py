@@ -83,10 +83,12 @@ class _ThroughDDP:
     and let the ranks drift apart.
     """
 
-    def __init__(self, ddp: torch.nn.Module, gate: torch.nn.Module | None):
+    def __init__(self, ddp: torch.nn.Module, core: torch.nn.Module):
         self.ddp = ddp
         self.module = self
-        self.gate = gate  # the core's rain gate (or None): train_step adds its loss when set
+        # The core's heads (or None): train_step adds their losses when set.
+        self.gate = core.gate
+        self.presence = core.presence
 
     def __call__(self, clip: torch.Tensor):
         return self.ddp(clip)
@@ -103,7 +105,7 @@ def _wrap(core: torch.nn.Module, stage: int) -> _ThroughDDP:
     ddp = ray.train.torch.prepare_model(
         _StagePath(core), parallel_strategy_kwargs={"find_unused_parameters": stage == 1}
     )
-    return _ThroughDDP(ddp, core.gate)
+    return _ThroughDDP(ddp, core)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -44,6 +44,7 @@ class FrameStats:
     alpha_p95: float
     streak_mean: float  # mean |Ŝ|
     change_mean: float  # mean |B̂ − O| on luma
+    rain_probability: float = 1.0  # the presence head's P(rain in this frame); 1 without one
 
 
 @dataclass
@@ -92,6 +93,7 @@ def frame_stats(out, luma_b1hw) -> list[FrameStats]:
 
     prob = torch.softmax(out.alpha_logits.float(), dim=1)[:, 1].flatten(1)
     change = (out.background.clamp(0, 1) - luma_b1hw).abs().flatten(1).mean(1)
+    rain = torch.sigmoid(out.presence_logits.float()).flatten()
     # torch.quantile refuses inputs over 16M elements; kthvalue has no such limit.
     k = max(1, round(0.95 * prob.shape[1]))
     p95 = prob.kthvalue(k, dim=1).values
@@ -102,6 +104,7 @@ def frame_stats(out, luma_b1hw) -> list[FrameStats]:
             alpha_p95=float(p95[i]),
             streak_mean=float(out.streaks[i].abs().mean()),
             change_mean=float(change[i]),
+            rain_probability=float(rain[i]),
         )
         for i in range(prob.shape[0])
     ]
@@ -149,6 +152,7 @@ def tiled_frame_stats(stats) -> FrameStats:
         alpha_p95=stats.alpha_quantile(0.95),
         streak_mean=stats.streak_abs_sum / stats.pixels,
         change_mean=stats.change_sum / stats.pixels,
+        rain_probability=stats.rain_probability,
     )
 
 

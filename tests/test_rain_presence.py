@@ -1,0 +1,179 @@
+"""The rain-presence head: a frame judged dry comes out exactly as it went in, tiles reach the
+whole frame's decision, fine-tuning can add the head and train it alone, and its target says
+whether rain touched a frame."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from j4r.arch import apply_presence
+from j4r.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from j4r.config import net_config, train_config
+from j4r.losses import rain_present
+from j4r.metrics import psnr
+from j4r.model import build_model, derain_rgb_step
+from j4r.tiling import derain_tiled_frame, plan_tiles
+from j4r.train import initialise_from, make_optimizer
+
+
+def clip(seed=1, t=4, h=17, w=21):
+    return torch.rand(1, t, 1, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def present_tiny(seed=0):
+    torch.manual_seed(seed)
+    return build_model(net_config("tiny", rain_gate=True, rain_presence=True)).eval()
+
+
+@torch.no_grad()
+def test_a_frame_judged_dry_comes_out_bit_for_bit():
+    model = present_tiny()
+    model.presence.decision.bias.fill_(-200.0)
+    x = clip()
+    out, _ = model(x)
+    assert torch.equal(out.background, x)
+    assert not torch.equal(out.local_background, x)  # the per-pixel path would have changed it
+
+
+@torch.no_grad()
+def test_the_presence_scale_applies_to_the_whole_local_change():
+    model = present_tiny()
+    x = clip()
+    out, _ = model(x)
+    scale = torch.sigmoid(out.presence_logits)[..., None, None]
+    torch.testing.assert_close(out.background - x, scale * (out.local_background - x))
+    assert 0.95 < float(scale.mean()) < 0.99  # a new head starts open: σ(4)
+    plain = build_model(net_config("tiny")).eval()
+    assert torch.equal(torch.sigmoid(plain(x)[0].presence_logits), torch.ones(1, 4, 1))
+
+
+def test_fine_tuning_adds_a_presence_head_to_a_checkpoint_without_one(tmp_path):
+    torch.manual_seed(3)
+    gated = net_config("tiny", rain_gate=True)
+    source = build_model(gated)
+    save_checkpoint(source, tmp_path / "ck", name="j4r-tiny", version="t", net=gated)
+    net = dataclasses.replace(gated, rain_presence=True)
+    model = build_model(net)
+    initialise_from(model, tmp_path / "ck", net)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="differs"):  # the gate cannot be dropped on the way
+        initialise_from(build_model(net_config("tiny", rain_presence=True)), tmp_path / "ck",
+                        net_config("tiny", rain_presence=True))  # fmt: skip
+    groups = make_optimizer(model, 2, train_config("tiny", presence_lr_scale=7.0)).param_groups
+    assert groups[-1]["lr_scale"] == 7.0
+    assert groups[-1]["params"] == list(model.presence.parameters())
+
+
+def test_the_presence_target_is_whether_the_rain_costs_more_than_the_threshold():
+    clean = torch.rand(1, 3, 1, 40, 40)
+    rainy = clean.clone()
+    rainy[0, 1, 0, 10:30, 20] += 0.3  # one streak: MSE 20 * 0.09 / 1600 -> 29.5 dB
+    rainy[0, 2, 0, 5, 5] += 0.3  # one speck: 42.5 dB, invisible
+    assert rain_present(rainy, clean, threshold_db=40).flatten().tolist() == [0.0, 1.0, 0.0]
+    assert rain_present(rainy, clean, threshold_db=45).flatten().tolist() == [0.0, 1.0, 1.0]
+
+
+@torch.no_grad()
+def test_tiles_reach_the_whole_frame_presence_decision():
+    """Tiled and whole frames agree although each tile alone would decide differently: the
+    frame's decision comes from all tiles, and the scale is applied once to the blend."""
+    model = present_tiny(seed=4)
+    # A decision that depends on the content, near its steepest point.
+    model.presence.decision.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+    model.presence.decision.bias.zero_()
+    rng = np.random.default_rng(0)
+    h, w = 128, 192
+    frames = rng.integers(0, 255, (3, h, w, 3), dtype=np.uint8)
+    frames[:, :, : w // 2] //= 4  # a dark half: its tiles see different evidence
+    grid = plan_tiles(h, w, max_pixels=8000, overlap=16)
+    assert len(grid) > 1
+    memories: list = [None] * len(grid)
+    memory = None
+    logits = []
+    for t in range(3):
+        tiled, stats = derain_tiled_frame(
+            lambda rgb, m: derain_rgb_step(model, rgb, m), torch.from_numpy(frames[t]), grid,
+            memories,
+        )  # fmt: skip
+        rgb = torch.from_numpy(frames[t]).permute(2, 0, 1)[None].float() / 255
+        whole, out, memory = derain_rgb_step(model, rgb, memory)
+        whole_u8 = whole[0].permute(1, 2, 0).mul(255).round().to(torch.uint8)
+        p_whole = float(torch.sigmoid(out.presence_logits))
+        logits.append(p_whole)
+        assert abs(stats.rain_probability - p_whole) < 0.02
+        assert psnr(tiled.float() / 255, whole_u8.float() / 255) > 45
+    assert 0.1 < min(logits) and max(logits) < 0.9  # the decision was not saturated
+
+
+def test_apply_presence_is_the_identity_at_zero_and_the_local_output_at_one():
+    luma, local = torch.rand(2, 1, 5, 5), torch.rand(2, 1, 5, 5)
+    out = apply_presence(luma, local, torch.tensor([[-200.0], [200.0]]))
+    assert torch.equal(out[0], luma[0]) and torch.equal(out[1], local[1])
+
+
+def tiny_samples(model, clips=8, seed=0, size=24):
+    from j4r.config import ClipConfig
+    from j4r.data import ClipSampler
+    from j4r.presence import collect
+    from j4r.sources import CleanSource, package_dir, read_image_rgb
+
+    image = read_image_rgb(package_dir("skimage") / "data" / "brick.png")
+    clip_config = ClipConfig(frames=4, size=size, clean_fraction=0.5)
+    sampler = ClipSampler([CleanSource("brick", image)], clip_config)
+    return collect(model, sampler, clips=clips, batch_size=4, seed=seed, pixels_per_frame=64)
+
+
+def test_presence_samples_hold_the_heads_inputs_and_whether_the_rain_shows():
+    from j4r.presence import concat, head_logits
+
+    model = present_tiny()
+    samples = tiny_samples(model)
+    assert samples.inputs.shape == (8 * 2, 64, model.presence.in_channels)  # 2 frames after warm-up
+    assert torch.equal(samples.rainy, (samples.rain_psnr_db < 40).float())
+    assert 0 < float(samples.rainy.mean()) < 1  # both kinds present
+    # The mean over sampled pixels is the head on those pixels: same logit as the full frame
+    # when every pixel is sampled (checked on the frame's own inputs below).
+    x = torch.rand(1, model.presence.in_channels, 6, 7)
+    whole = model.presence.decide(model.presence.pool(model.presence.evidence(x)))[:, 0]
+    sampled = head_logits(model.presence, x.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(whole, sampled)
+    both = concat([samples, samples])
+    assert len(torch.unique(both.clip)) == 2 * len(torch.unique(samples.clip))
+
+
+def test_fitting_the_head_separates_dry_frames_from_rainy_ones():
+    from j4r.presence import fit_and_score, scores, with_presence_head
+
+    model, _ = with_presence_head(DEFAULT_CHECKPOINT)  # a trained network: features that tell
+    samples = tiny_samples(model, clips=32, size=32)
+    before = scores(model.presence, samples)
+    report = fit_and_score(model.presence, samples, epochs=200, held_out=0.25)
+    assert report["train"]["log_loss"] < before["log_loss"]
+    assert report["train"]["accuracy"] > 0.7
+    assert set(report["held_out"]) >= {"accuracy", "dry_judged_rainy", "rainy_judged_dry"}
+
+
+def test_fit_presence_command_writes_a_checkpoint_with_its_record(tiny_checkpoint, tmp_path, capsys):
+    from j4r.checkpoint import load_checkpoint
+    from j4r.presence import save_samples, with_presence_head
+    from pipeline.cli.main import main
+
+    model, _ = with_presence_head(tiny_checkpoint)
+    save_samples(tiny_samples(model, clips=12), tmp_path / "s.pt")
+    out = tmp_path / "ck"
+    args = ["fit-presence", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
+    code = main([*args, "--clips", "0", "--samples", str(tmp_path / "s.pt"), "--epochs", "3"])
+    assert code == 0
+    assert "held-out frames" in capsys.readouterr().out
+    fitted, info = load_checkpoint(out)
+    assert info.net.rain_presence and info.extra["presence_fit"]["threshold_db"] == 40.0
+    source, _ = load_checkpoint(tiny_checkpoint)
+    for key, value in source.state_dict().items():  # only the head is new
+        assert torch.equal(fitted.state_dict()[key], value), key
+    assert main([*args, "--clips", "0"]) == 2  # nothing to fit on
+    assert "nothing to fit on" in capsys.readouterr().err
