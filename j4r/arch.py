@@ -249,6 +249,28 @@ def apply_presence(
     return luma + scale * (local_background - luma)
 
 
+PRESENCE_STATE_CHANNELS = 2  # the running average's sum and weight
+
+
+def smooth_presence(
+    frame_logits: torch.Tensor, state: torch.Tensor, momentum: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average the presence logit over time: rain does not stop and start between frames.
+
+    ``state (b, 2, h, w)`` holds the exponential average's sum and weight (both constant over
+    the frame; zeros for a new clip), ``momentum`` the share of the past in each update (0: no
+    smoothing). Returns the smoothed logits ``(b, 1)`` (sum / weight: a new clip's first frame
+    is its own logit, no bias toward zero) and the new state. Linear in the logits, so a tiled
+    frame, whose logit is a weighted mean of its tiles', is smoothed exactly like the whole one.
+    """
+    b, _, h, w = state.shape
+    past_sum, past_weight = state[:, 0, 0, :1].float(), state[:, 1, 0, :1].float()
+    total = momentum * past_sum + (1.0 - momentum) * frame_logits.float()
+    weight = momentum * past_weight + (1.0 - momentum)
+    new_state = torch.cat([total, weight], dim=1)[:, :, None, None].expand(b, 2, h, w)
+    return total / weight, new_state
+
+
 # A gate logit that σ maps to 1.0 in fp32: networks without a gate change every pixel, and
 # networks without a presence head treat every frame as rainy.
 OPEN_GATE_LOGIT = 30.0
@@ -291,6 +313,7 @@ class J4RNet(nn.Module):
         dnet_layers: int = 2,
         rain_gate: bool = False,
         rain_presence: bool = False,
+        presence_smoothing: float = 0.0,
     ):
         super().__init__()
         self.channels = channels
@@ -302,11 +325,20 @@ class J4RNet(nn.Module):
         self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
         self.gate = RainGate(channels=channels) if rain_gate else None
         self.presence = RainPresence(channels=channels) if rain_presence else None
+        if not 0.0 <= presence_smoothing < 1.0:
+            raise ValueError(f"presence_smoothing must be in [0, 1), not {presence_smoothing}")
+        self.presence_smoothing = presence_smoothing
+
+    @property
+    def memory_channels(self) -> int:
+        """Channels of the memory tensor: the GRU's, plus two for the presence head's running
+        average (its sum and its weight, each constant over the frame) when there is one."""
+        return self.channels + (PRESENCE_STATE_CHANNELS if self.presence is not None else 0)
 
     def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
         """Empty memory for a batch shaped like ``luma (b, 1, h, w)``."""
         b, _, h, w = luma.shape
-        return luma.new_zeros(b, self.channels, h, w)
+        return luma.new_zeros(b, self.memory_channels, h, w)
 
     def single_frame(self, luma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stage-1 path (first conv, extractor, R-Net): returns ``(O − Ŝ, Ŝ)``."""
@@ -315,6 +347,7 @@ class J4RNet(nn.Module):
 
     def step(self, luma: torch.Tensor, memory: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
         """One frame ``O_t (b, 1, h, w)`` with memory ``H_{t-1}`` -> outputs and ``H_t``."""
+        memory, presence_state = memory[:, : self.channels], memory[:, self.channels :]
         features = self.features(luma)
         alpha_logits = self.dnet(features, memory)
         memory = self.fnet(features, memory, alpha_logits)
@@ -339,8 +372,12 @@ class J4RNet(nn.Module):
                     removal_hidden, reconstruction_hidden, alpha_logits, gate_logits, local - luma
                 )
             )
-            presence_logits = self.presence.decide(self.presence.pool(evidence))
+            frame_logits = self.presence.decide(self.presence.pool(evidence))
+            presence_logits, presence_state = smooth_presence(
+                frame_logits, presence_state, self.presence_smoothing
+            )
             background = apply_presence(luma, local, presence_logits)
+            memory = torch.cat([memory.float(), presence_state], dim=1)
         out = StepOutput(
             background, streaks, alpha_logits, detail, gate_logits, presence_logits, local
         )

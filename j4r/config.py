@@ -28,6 +28,7 @@ class NetConfig:
     dnet_layers: int = 2  # 3x3 conv layers in D-Net before the 2-class α head
     rain_gate: bool = False  # beyond the paper: change only pixels a learned gate opens
     rain_presence: bool = False  # beyond the paper: leave frames judged rain-free alone
+    presence_smoothing: float = 0.0  # share of the past in the presence logit's running average
 
 
 @dataclass(frozen=True)

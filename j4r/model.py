@@ -52,6 +52,7 @@ class AtPrecision(torch.nn.Module):
         self.net = prepare_for_precision(net, precision)
         self.precision = precision
         self.channels = net.channels
+        self.memory_channels = net.memory_channels
 
     def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
         return self.net.initial_state(luma)

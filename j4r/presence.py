@@ -193,18 +193,23 @@ def fit(
     return history
 
 
-def with_presence_head(folder, *, device: str = "cpu"):
+def with_presence_head(folder, *, smoothing: float | None = None, device: str = "cpu"):
     """The checkpoint in ``folder`` as a network with a presence head (its own when it has
-    one, else a fresh one), frozen in eval mode; returns ``(model, info)``."""
+    one, else a fresh one), frozen in eval mode; returns ``(model, info)``. ``smoothing``
+    sets the head's time smoothing (None: the checkpoint's, or none for a new head)."""
     import dataclasses
 
     from j4r.checkpoint import load_checkpoint
     from j4r.model import build_model
 
     source, info = load_checkpoint(folder, device=device)
-    if info.net.rain_presence:
+    if info.net.rain_presence and smoothing in (None, info.net.presence_smoothing):
         return source, info
-    net = dataclasses.replace(info.net, rain_presence=True)
+    net = dataclasses.replace(
+        info.net,
+        rain_presence=True,
+        presence_smoothing=info.net.presence_smoothing if smoothing is None else smoothing,
+    )
     model = build_model(net).to(device)
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
     if unexpected or any(not key.startswith("presence.") for key in missing):

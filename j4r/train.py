@@ -203,7 +203,10 @@ def check_init_from(folder: str | Path, net: NetConfig) -> list[str]:
 
     info = read_info(folder)
     added = [f for f in ADDABLE_HEADS if getattr(net, f) and not getattr(info.net, f)]
-    if dataclasses.replace(info.net, **{f: True for f in added}) != net:
+    settings = {f: True for f in added}
+    if "rain_presence" in added:  # a new head comes with its own time smoothing
+        settings["presence_smoothing"] = net.presence_smoothing
+    if dataclasses.replace(info.net, **settings) != net:
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
             " (set net.* to match it; only rain_gate and rain_presence may be added)"

@@ -24,9 +24,10 @@ def clip(seed=1, t=4, h=17, w=21):
     return torch.rand(1, t, 1, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def present_tiny(seed=0):
+def present_tiny(seed=0, smoothing=0.0):
     torch.manual_seed(seed)
-    return build_model(net_config("tiny", rain_gate=True, rain_presence=True)).eval()
+    net = net_config("tiny", rain_gate=True, rain_presence=True, presence_smoothing=smoothing)
+    return build_model(net).eval()
 
 
 @torch.no_grad()
@@ -82,7 +83,7 @@ def test_the_presence_target_is_whether_the_rain_costs_more_than_the_threshold()
 def test_tiles_reach_the_whole_frame_presence_decision():
     """Tiled and whole frames agree although each tile alone would decide differently: the
     frame's decision comes from all tiles, and the scale is applied once to the blend."""
-    model = present_tiny(seed=4)
+    model = present_tiny(seed=4, smoothing=0.6)
     # A decision that depends on the content, near its steepest point.
     model.presence.decision.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
     model.presence.decision.bias.zero_()
@@ -177,3 +178,36 @@ def test_fit_presence_command_writes_a_checkpoint_with_its_record(tiny_checkpoin
         assert torch.equal(fitted.state_dict()[key], value), key
     assert main([*args, "--clips", "0"]) == 2  # nothing to fit on
     assert "nothing to fit on" in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_the_verdict_is_a_running_average_of_the_frames_logits_carried_in_the_memory():
+    plain, smooth = present_tiny(seed=2), present_tiny(seed=2, smoothing=0.75)
+    for model in (plain, smooth):  # a verdict that swings with the frames' brightness
+        model.presence.decision.weight.normal_(0, 300, generator=torch.Generator().manual_seed(1))
+        model.presence.decision.bias.zero_()
+    x = clip(seed=5, t=6) * torch.tensor([1.0, 0.2, 1.0, 0.2, 1.0, 0.2])[None, :, None, None, None]
+    raw, _ = plain(x)
+    out, memory = smooth(x)
+    assert memory.shape[1] == smooth.memory_channels == smooth.channels + 2
+    # sum / weight of an exponential average: the first frame is its own logit
+    total = weight = 0.0
+    expected = []
+    for t in range(6):
+        total = 0.75 * total + 0.25 * raw.presence_logits[:, t]
+        weight = 0.75 * weight + 0.25
+        expected.append(total / weight)
+    torch.testing.assert_close(out.presence_logits, torch.stack(expected, dim=1))
+    swing = raw.presence_logits.diff(dim=1).abs().mean()
+    assert out.presence_logits.diff(dim=1).abs().mean() < 0.5 * swing and swing > 0.01
+    # Everything but the verdict is the network without smoothing.
+    torch.testing.assert_close(out.local_background, raw.local_background)
+    # Carried across chunks: two halves with the memory passed on == one pass.
+    first, memory = smooth(x[:, :3])
+    second, _ = smooth(x[:, 3:], memory)
+    torch.testing.assert_close(
+        torch.cat([first.presence_logits, second.presence_logits], 1), out.presence_logits
+    )
+    torch.testing.assert_close(torch.cat([first.background, second.background], 1), out.background)
+    with pytest.raises(ValueError, match="presence_smoothing"):
+        build_model(net_config("tiny", rain_presence=True, presence_smoothing=1.0))

@@ -263,6 +263,11 @@ def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
         "--threshold-db", type=float, default=40.0,
         help="a frame whose rain costs more than this PSNR (luma) counts as rainy",
     )  # fmt: skip
+    p.add_argument(
+        "--smoothing", type=float,
+        help="share of the past in the running average of P(rain) over frames, in [0, 1) "
+        "(unset: the checkpoint's; 0 for a new head)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=15, help="passes over the samples")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument(

@@ -277,7 +277,7 @@ class DerainStage:
         self.model, self.info = load_model(checkpoint, device=self.device)
         self.precision = resolve_stage_precision(self.config.precision, self.device)
         prepare_for_precision(self.model, self.precision)
-        self.channels = self.model.channels
+        self.channels = self.model.memory_channels  # sizes tile memories and budgets
         if self.config.clips_per_batch > 1:
             from pipeline.stage.batching import StepBatcher
 
