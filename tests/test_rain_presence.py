@@ -211,3 +211,35 @@ def test_the_verdict_is_a_running_average_of_the_frames_logits_carried_in_the_me
     torch.testing.assert_close(torch.cat([first.background, second.background], 1), out.background)
     with pytest.raises(ValueError, match="presence_smoothing"):
         build_model(net_config("tiny", rain_presence=True, presence_smoothing=1.0))
+
+
+def test_derain_run_records_each_frames_rain_probability(tmp_path):
+    """A presence head that doubts (P(rain) = σ(-1)) scales the change of every frame, and the
+    frames table says so; tiled frames get the same verdict."""
+    from pipeline.cli.main import main
+    from pipeline.io.delta import read_table
+    from pipeline.io.storage import open_location
+    from pipeline.job.manifest import frames_schema, videos_schema
+    from tests.helpers import moving_frames_thwc_u8, write_video
+
+    model = present_tiny(seed=1)
+    with torch.no_grad():
+        model.presence.decision.weight.zero_()
+        model.presence.decision.bias.fill_(-1.0)
+    net = net_config("tiny", rain_gate=True, rain_presence=True)
+    save_checkpoint(model, tmp_path / "ck", name="j4r-tiny", version="p", net=net)
+    write_video(tmp_path / "in" / "a.mkv", moving_frames_thwc_u8(4, 32, 48, seed=3))
+    base = ["run", str(tmp_path / "in"), "--checkpoint", str(tmp_path / "ck"), "--no-progress",
+            "--runner", "sequential"]  # fmt: skip
+    assert main([*base[:2], str(tmp_path / "whole"), *base[2:]]) == 0
+    tiled = [*base[:2], str(tmp_path / "tiled"), *base[2:], "--tile-pixels", "1100",
+             "--tile-overlap", "8"]  # fmt: skip
+    assert main(tiled) == 0
+    expected = float(torch.sigmoid(torch.tensor(-1.0)))
+    for out in ("whole", "tiled"):
+        location = open_location(str(tmp_path / out / "_manifests"))
+        rows = read_table(location, "frames", frames_schema()).to_pylist()
+        assert len(rows) == 4
+        assert [r["rain_probability"] for r in rows] == pytest.approx([expected] * 4, abs=1e-4)
+        (video,) = read_table(location, "videos", videos_schema()).to_pylist()
+        assert video["tiles"] == (2 if out == "tiled" else 1)
