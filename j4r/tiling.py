@@ -236,7 +236,5 @@ def derain_tiled_frame(
             rgb.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0)
         )
     change_sum *= rain_probability  # the change is linear in the scale
-    stats = TiledStats(
-        h * w, alpha_sum, over_half, hist, streak_sum, change_sum, rain_probability
-    )
+    stats = TiledStats(h * w, alpha_sum, over_half, hist, streak_sum, change_sum, rain_probability)
     return out_hw3, stats

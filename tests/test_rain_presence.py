@@ -95,7 +95,7 @@ def test_tiles_reach_the_whole_frame_presence_decision():
     assert len(grid) > 1
     memories: list = [None] * len(grid)
     memory = None
-    logits = []
+    verdicts = []
     for t in range(3):
         tiled, stats = derain_tiled_frame(
             lambda rgb, m: derain_rgb_step(model, rgb, m), torch.from_numpy(frames[t]), grid,
@@ -105,10 +105,10 @@ def test_tiles_reach_the_whole_frame_presence_decision():
         whole, out, memory = derain_rgb_step(model, rgb, memory)
         whole_u8 = whole[0].permute(1, 2, 0).mul(255).round().to(torch.uint8)
         p_whole = float(torch.sigmoid(out.presence_logits))
-        logits.append(p_whole)
+        verdicts.append(p_whole)
         assert abs(stats.rain_probability - p_whole) < 0.02
         assert psnr(tiled.float() / 255, whole_u8.float() / 255) > 45
-    assert 0.1 < min(logits) and max(logits) < 0.9  # the decision was not saturated
+    assert min(verdicts) > 0.1 and max(verdicts) < 0.9  # the decision was not saturated
 
 
 def test_apply_presence_is_the_identity_at_zero_and_the_local_output_at_one():
@@ -159,7 +159,9 @@ def test_fitting_the_head_separates_dry_frames_from_rainy_ones():
     assert set(report["held_out"]) >= {"accuracy", "dry_judged_rainy", "rainy_judged_dry"}
 
 
-def test_fit_presence_command_writes_a_checkpoint_with_its_record(tiny_checkpoint, tmp_path, capsys):
+def test_fit_presence_command_writes_a_checkpoint_with_its_record(
+    tiny_checkpoint, tmp_path, capsys
+):
     from j4r.checkpoint import load_checkpoint
     from j4r.presence import save_samples, with_presence_head
     from pipeline.cli.main import main

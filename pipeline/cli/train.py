@@ -36,13 +36,11 @@ def resolve_configs(args: argparse.Namespace):
 def train_command(args: argparse.Namespace) -> int:
     import torch
 
+    from j4r.checkpoint import CheckpointError
     from j4r.data import ClipSampler
     from j4r.sources import training_sources
-    from j4r.train import train
+    from j4r.train import check_init_from, train
     from pipeline.stage.device import resolve_device
-
-    from j4r.checkpoint import CheckpointError
-    from j4r.train import check_init_from
 
     with usage_errors(ValueError, OSError, CheckpointError):
         net, config = resolve_configs(args)
