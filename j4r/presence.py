@@ -241,6 +241,12 @@ def fit_and_score(
     }
 
 
+def relabel(samples: PresenceSamples, threshold_db: float) -> PresenceSamples:
+    """The same samples labelled at another threshold (each frame keeps its rain's PSNR)."""
+    rainy = (samples.rain_psnr_db < threshold_db).float()
+    return PresenceSamples(samples.inputs, rainy, samples.rain_psnr_db, samples.clip)
+
+
 def save_samples(samples: PresenceSamples, path) -> None:
     torch.save(dict(vars(samples)), path)
 

@@ -143,6 +143,11 @@ def test_presence_samples_hold_the_heads_inputs_and_whether_the_rain_shows():
     whole = model.presence.decide(model.presence.pool(model.presence.evidence(x)))[:, 0]
     sampled = head_logits(model.presence, x.flatten(2).transpose(1, 2))
     torch.testing.assert_close(whole, sampled)
+    from j4r.presence import relabel
+
+    stricter = relabel(samples, 30.0)
+    assert torch.equal(stricter.rainy, (samples.rain_psnr_db < 30).float())
+    assert stricter.rainy.sum() <= samples.rainy.sum()
     both = concat([samples, samples])
     assert len(torch.unique(both.clip)) == 2 * len(torch.unique(samples.clip))
 
@@ -175,6 +180,11 @@ def test_fit_presence_command_writes_a_checkpoint_with_its_record(
     assert "held-out frames" in capsys.readouterr().out
     fitted, info = load_checkpoint(out)
     assert info.net.rain_presence and info.extra["presence_fit"]["threshold_db"] == 40.0
+    # Saved samples are labelled again at the threshold asked for.
+    assert main([*args, "--clips", "0", "--samples", str(tmp_path / "s.pt"), "--epochs", "1",
+                 "--threshold-db", "100"]) == 0  # fmt: skip
+    assert load_checkpoint(out)[1].extra["presence_fit"]["rainy_share"] == 1.0
+    capsys.readouterr()
     source, _ = load_checkpoint(tiny_checkpoint)
     for key, value in source.state_dict().items():  # only the head is new
         assert torch.equal(fitted.state_dict()[key], value), key

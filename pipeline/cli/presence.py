@@ -53,7 +53,8 @@ def fit_presence_command(args: argparse.Namespace) -> int:
         parts.append(collected)
     if not parts:
         raise UsageError("nothing to fit on: --clips 0 and no --samples")
-    samples = presence.concat(parts)
+    # Saved samples were labelled at their collection's threshold: label all at this one.
+    samples = presence.relabel(presence.concat(parts), args.threshold_db)
     report = presence.fit_and_score(
         model.presence, samples, epochs=args.epochs, weight_decay=args.weight_decay
     )
