@@ -51,6 +51,11 @@ class RainConfig:
     reliance: tuple[float, float] = (0.78, 0.98)  # A: light scattered by opaque drops
     veil: float = 0.0  # haze of the rain volume: O <- (1 - v) O + v L, L a bright veil level
     lens_drops: float = 0.0  # defocused drops stuck on the lens, per 10k px (α = 1 inside)
+    # Photometric streaks: the share of each streak's strength m that blends the background
+    # toward the light a drop refracts (B + m (L - B)) instead of adding to it (B + m):
+    # over a bright sky such a streak barely shows or is darker, as real rain is.
+    photometric: float = 0.0
+    refracted_light: tuple[float, float] = (0.6, 1.0)  # L, drawn per clip
 
 
 RAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -92,6 +97,7 @@ class ClipConfig:
     structure_probability: float = 0.5  # poles, wires, fences, window grids, text in the scene
     sprite_probability: float = 0.5  # 1-3 objects moving independently of the camera
     night_fraction: float = 0.12  # dark exposures (gamma, low gain)
+    photometric_probability: float = 0.0  # randomised rain with photometric streaks
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,9 @@ class ClipSampler:
         if rng.random() < self.clip.preset_fraction:
             weights = np.asarray(self.clip.rain_mix) / sum(self.clip.rain_mix)
             return clean, self.rain_presets[int(rng.choice(len(self.rain_presets), p=weights))]
-        return clean, random_rain_config(rng)
+        return clean, random_rain_config(
+            rng, photometric_probability=self.clip.photometric_probability
+        )
 
     def batch(self, *, seed: int, step: int, batch_size: int, frames: int | None = None) -> Batch:
         """The batch for ``step``: deterministic in ``(seed, step)``."""

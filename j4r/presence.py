@@ -14,6 +14,7 @@ de-raining net makes to a dry frame.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -41,9 +42,7 @@ class PresenceSamples:
         return len(self.rainy)
 
     def subset(self, index: torch.Tensor) -> PresenceSamples:
-        return PresenceSamples(
-            self.inputs[index], self.rainy[index], self.rain_psnr_db[index], self.clip[index]
-        )
+        return PresenceSamples(**{k: v[index] for k, v in vars(self).items()})
 
 
 def frame_psnr_db(rainy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -197,24 +196,17 @@ def with_presence_head(folder, *, smoothing: float | None = None, device: str = 
     """The checkpoint in ``folder`` as a network with a presence head (its own when it has
     one, else a fresh one), frozen in eval mode; returns ``(model, info)``. ``smoothing``
     sets the head's time smoothing (None: the checkpoint's, or none for a new head)."""
-    import dataclasses
-
-    from j4r.checkpoint import load_checkpoint
+    from j4r.checkpoint import read_info
     from j4r.model import build_model
+    from j4r.train import initialise_from
 
-    source, info = load_checkpoint(folder, device=device)
-    if info.net.rain_presence and smoothing in (None, info.net.presence_smoothing):
-        return source, info
-    net = dataclasses.replace(
-        info.net,
-        rain_presence=True,
-        presence_smoothing=info.net.presence_smoothing if smoothing is None else smoothing,
-    )
-    model = build_model(net).to(device)
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("presence.") for key in missing):
-        raise ValueError(f"{folder}: weights do not fit: {missing + unexpected}")
-    return model.eval(), dataclasses.replace(info, net=net)
+    info = read_info(folder)
+    if smoothing is None:
+        smoothing = info.net.presence_smoothing
+    net = dataclasses.replace(info.net, rain_presence=True, presence_smoothing=smoothing)
+    model = build_model(net)
+    initialise_from(model, folder, net)
+    return model.to(device).eval(), dataclasses.replace(info, net=net)
 
 
 def fit_and_score(
@@ -243,8 +235,7 @@ def fit_and_score(
 
 def relabel(samples: PresenceSamples, threshold_db: float) -> PresenceSamples:
     """The same samples labelled at another threshold (each frame keeps its rain's PSNR)."""
-    rainy = (samples.rain_psnr_db < threshold_db).float()
-    return PresenceSamples(samples.inputs, rainy, samples.rain_psnr_db, samples.clip)
+    return dataclasses.replace(samples, rainy=(samples.rain_psnr_db < threshold_db).float())
 
 
 def save_samples(samples: PresenceSamples, path) -> None:

@@ -219,6 +219,9 @@ def add_rain(clean_tchw: torch.Tensor, config: RainConfig, *, seed: int) -> Rain
     """
     t, _, h, w = clean_tchw.shape
     streaks, alpha, reliance = render_rain(config, frames=t, height=h, width=w, seed=seed)
+    if config.photometric > 0:
+        light = float(np.random.default_rng([seed, 2]).uniform(*config.refracted_light))
+        streaks = streaks * (1 - config.photometric + config.photometric * (light - clean_tchw))
     streaked = (clean_tchw + streaks).clamp(0.0, 1.0)
     rng = np.random.default_rng([seed, 1])
     if config.veil > 0:
@@ -236,13 +239,17 @@ def add_rain(clean_tchw: torch.Tensor, config: RainConfig, *, seed: int) -> Rain
     return RainSample(rainy, clean_tchw, effective_streaks, alpha, reliance)
 
 
-def random_rain_config(rng: np.random.Generator) -> RainConfig:
+def random_rain_config(
+    rng: np.random.Generator, *, photometric_probability: float = 0.0
+) -> RainConfig:
     """Domain-randomised rain for training: one style per clip, drizzle to downpour.
 
     Angle from vertical to strongly slanted, 1-3 depth layers with streak widths of about
     1-4 px, lengths, transparency and blur drawn per layer, and, some of the time, sharp line
-    streaks, sparkle, opaque drops, a veil and drops on the lens. The fixed ``light`` and
-    ``heavy`` presets lie inside this range.
+    streaks, sparkle, opaque drops, a veil and drops on the lens; with
+    ``photometric_probability``, streaks that partly or wholly blend toward refracted light
+    (drawn last, so that at 0 the configs are those of earlier training rounds). The fixed
+    ``light`` and ``heavy`` presets lie inside this range.
     """
     strength = float(rng.uniform(0.0, 1.0))  # 0 drizzle .. 1 downpour
     angle = float(rng.uniform(-6, 6) if rng.random() < 0.4 else rng.uniform(-45, 45))
@@ -258,6 +265,9 @@ def random_rain_config(rng: np.random.Generator) -> RainConfig:
         intensity = (peak * float(rng.uniform(0.4, 0.8)), min(peak, 0.95))
         layers.append((density, length, sigma, intensity))
     chance = rng.random(5)
+    photometric = 0.0
+    if photometric_probability > 0 and rng.random() < photometric_probability:
+        photometric = float(rng.uniform(0.5, 1.0))
     return RainConfig(
         name="random",
         layers=tuple(layers),
@@ -268,4 +278,5 @@ def random_rain_config(rng: np.random.Generator) -> RainConfig:
         occlusion=float(rng.uniform(0.003, 0.04) * (0.3 + strength)) if chance[2] < 0.35 else 0.0,
         veil=float(rng.uniform(0.02, 0.12) * (0.3 + strength)) if chance[3] < 0.25 else 0.0,
         lens_drops=float(rng.uniform(0.3, 1.5)) if chance[4] < 0.12 else 0.0,
+        photometric=photometric,
     )

@@ -204,7 +204,7 @@ def check_init_from(folder: str | Path, net: NetConfig) -> list[str]:
     info = read_info(folder)
     added = [f for f in ADDABLE_HEADS if getattr(net, f) and not getattr(info.net, f)]
     settings = {f: True for f in added}
-    if "rain_presence" in added:  # a new head comes with its own time smoothing
+    if net.rain_presence:  # time smoothing is a setting of the head, not a weight
         settings["presence_smoothing"] = net.presence_smoothing
     if dataclasses.replace(info.net, **settings) != net:
         raise ValueError(

@@ -70,3 +70,36 @@ def test_density_is_per_area():
     small = render_rain(config, frames=400, height=32, width=32, seed=0)[0].mean()
     large = render_rain(config, frames=4, height=320, width=320, seed=0)[0].mean()
     assert 0.75 < float(small / large) < 1.33
+
+
+def test_photometric_streaks_blend_toward_the_refracted_light():
+    """Additive streaks brighten every background alike; photometric ones bring it toward L,
+    so over a background as bright as L they vanish and over black they add m·L."""
+    import dataclasses
+
+    config = dataclasses.replace(rain_config("light"), refracted_light=(0.8, 0.8))
+    additive = add_rain(torch.zeros(2, 3, 64, 64), config, seed=4)
+    photometric = dataclasses.replace(config, photometric=1.0)
+    over_black = add_rain(torch.zeros(2, 3, 64, 64), photometric, seed=4)
+    over_light = add_rain(torch.full((2, 3, 64, 64), 0.8), photometric, seed=4)
+    torch.testing.assert_close(over_black.rainy, additive.rainy * 0.8, atol=1e-6, rtol=0)
+    torch.testing.assert_close(over_light.rainy, torch.full_like(over_light.rainy, 0.8))
+    assert over_light.streaks.abs().max() < 1e-6  # nothing to remove: the target says so
+    half = add_rain(torch.zeros(2, 3, 64, 64), dataclasses.replace(config, photometric=0.5), seed=4)
+    torch.testing.assert_close(half.rainy, additive.rainy * 0.9, atol=1e-6, rtol=0)
+
+
+def test_randomised_rain_draws_photometric_styles_only_when_asked():
+    """At probability 0 the random stream is that of earlier training rounds (reproducible)."""
+    import numpy as np
+
+    from j4r.rain import random_rain_config
+
+    old, new = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(20):
+        assert random_rain_config(old) == random_rain_config(new, photometric_probability=0.0)
+    assert old.random() == new.random()
+    drawn = [random_rain_config(new, photometric_probability=0.5) for _ in range(200)]
+    share = sum(c.photometric > 0 for c in drawn) / len(drawn)
+    assert 0.35 < share < 0.65
+    assert all(0.5 <= c.photometric <= 1.0 for c in drawn if c.photometric)
