@@ -241,11 +241,32 @@ class RainPresence(nn.Module):
         return self.decision(pooled.to(self.decision.weight.dtype))
 
 
-def apply_presence(
-    luma: torch.Tensor, local_background: torch.Tensor, presence_logits: torch.Tensor
+def presence_scale(
+    presence_logits: torch.Tensor, ramp: tuple[float, float] = (0.0, 1.0)
 ) -> torch.Tensor:
-    """``O + σ(p) (B̂_local − O)``: luma ``(b, 1, h, w)``, logits ``(b, 1)``."""
-    scale = torch.sigmoid(presence_logits)[:, :, None, None].to(local_background.dtype)
+    """The share of the local change a frame gets, from its logits (any shape).
+
+    P(rain) = σ(p) through ``ramp (lo, hi)``: 0 up to ``lo`` (the frame comes out as it went
+    in, bit for bit), 1 from ``hi``, linear between. ``(0, 1)`` is P(rain) itself. A sigmoid
+    never reaches 0, so without a ramp a frame judged dry at P = 0.1 still gets a tenth of
+    the change.
+    """
+    probability = torch.sigmoid(presence_logits)
+    lo, hi = ramp
+    if (lo, hi) == (0.0, 1.0):
+        return probability
+    return ((probability - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+def apply_presence(
+    luma: torch.Tensor,
+    local_background: torch.Tensor,
+    presence_logits: torch.Tensor,
+    ramp: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """``O + s(p) (B̂_local − O)``: luma ``(b, 1, h, w)``, logits ``(b, 1)``; ``s`` is
+    :func:`presence_scale`."""
+    scale = presence_scale(presence_logits, ramp)[:, :, None, None].to(local_background.dtype)
     return luma + scale * (local_background - luma)
 
 
@@ -314,6 +335,7 @@ class J4RNet(nn.Module):
         rain_gate: bool = False,
         rain_presence: bool = False,
         presence_smoothing: float = 0.0,
+        presence_ramp: tuple[float, float] = (0.0, 1.0),
     ):
         super().__init__()
         self.channels = channels
@@ -328,6 +350,10 @@ class J4RNet(nn.Module):
         if not 0.0 <= presence_smoothing < 1.0:
             raise ValueError(f"presence_smoothing must be in [0, 1), not {presence_smoothing}")
         self.presence_smoothing = presence_smoothing
+        lo, hi = presence_ramp
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"presence_ramp must satisfy 0 <= lo < hi <= 1, not {presence_ramp}")
+        self.presence_ramp = (float(lo), float(hi))
 
     @property
     def memory_channels(self) -> int:
@@ -376,7 +402,7 @@ class J4RNet(nn.Module):
             presence_logits, presence_state = smooth_presence(
                 frame_logits, presence_state, self.presence_smoothing
             )
-            background = apply_presence(luma, local, presence_logits)
+            background = apply_presence(luma, local, presence_logits, self.presence_ramp)
             memory = torch.cat([memory.float(), presence_state], dim=1)
         out = StepOutput(
             background, streaks, alpha_logits, detail, gate_logits, presence_logits, local

@@ -29,6 +29,9 @@ class NetConfig:
     rain_gate: bool = False  # beyond the paper: change only pixels a learned gate opens
     rain_presence: bool = False  # beyond the paper: leave frames judged rain-free alone
     presence_smoothing: float = 0.0  # share of the past in the presence logit's running average
+    # P(rain) -> share of the change a frame gets: 0 up to lo (left bit for bit), 1 from hi,
+    # linear between; (0, 1) applies P(rain) itself.
+    presence_ramp: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass(frozen=True)

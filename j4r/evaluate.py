@@ -18,6 +18,7 @@ has occlusions (``heavy``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import torch
 from j4r.arch import J4RNet
 from j4r.color import rgb_to_luma, rgb_to_ycbcr, with_luma
 from j4r.config import rain_config
-from j4r.metrics import psnr, ssim
+from j4r.metrics import MSE_FLOOR, mse, psnr, ssim
 from j4r.motion import CameraPath, render_path
 from j4r.rain import add_rain
 from j4r.sources import CleanSource, evaluation_sources
@@ -178,9 +179,25 @@ def build_set(name: str, *, frames: int = 24, crop: int = 192) -> list[EvalClip]
     raise ValueError(f"unknown evaluation set {name!r}; choose from {', '.join(SETS)}")
 
 
+# A frame whose output differs from the reference by less than this MSE is unchanged: far
+# under one 8-bit step (1 / 255² ≈ 1.5e-5), only float round-off of the colour conversion.
+UNCHANGED_MSE = 1e-10
+
+
+def pooled_psnr(frame_mses: list[float]) -> float:
+    """PSNR of a clip's mean squared error over all its frames (not the mean of per-frame
+    PSNRs, which frames identical to the reference, at 120 dB each, would inflate)."""
+    return 10 * math.log10(1.0 / max(float(np.mean(frame_mses)), MSE_FLOOR))
+
+
 def score(method: Method, clips: list[EvalClip]) -> dict:
-    """Mean over every frame of every clip, plus per-clip means (``clips``) and the worst clip."""
+    """Mean over every frame of every clip, plus per-clip means (``clips``) and the worst clip.
+
+    Also the clip's PSNR from its pooled MSE (``pooled_psnr_rgb``, its worst clip and all
+    frames pooled) and the share of frames left unchanged (``unchanged_frames``: what
+    counts on a set whose reference is the input)."""
     rows: dict[str, list[float]] = {"psnr_rgb": [], "ssim_rgb": [], "psnr_y": [], "ssim_y": []}
+    frame_mses: list[float] = []
     per_clip: dict[str, dict[str, float]] = {}
     true_pos = pred_pos = real_pos = 0.0
     have_alpha = False
@@ -193,11 +210,13 @@ def score(method: Method, clips: list[EvalClip]) -> dict:
         first = len(rows["psnr_rgb"])
         for t in range(clip.clean.shape[0]):
             pred, clean = derained[t], clip.clean[t]
+            frame_mses.append(mse(pred, clean))
             rows["psnr_rgb"].append(psnr(pred, clean))
             rows["ssim_rgb"].append(ssim(pred, clean))
             rows["psnr_y"].append(psnr(rgb_to_luma(pred), rgb_to_luma(clean)))
             rows["ssim_y"].append(ssim(rgb_to_luma(pred), rgb_to_luma(clean)))
         per_clip[clip.name] = {k: float(np.mean(v[first:])) for k, v in rows.items()}
+        per_clip[clip.name]["pooled_psnr_rgb"] = pooled_psnr(frame_mses[first:])
         if isinstance(ran, J4RRun):
             per_clip[clip.name]["rain_probability"] = float(ran.rain.mean())
         if alpha_prob is not None:
@@ -211,6 +230,9 @@ def score(method: Method, clips: list[EvalClip]) -> dict:
     worst = min(per_clip, key=lambda name: per_clip[name]["psnr_rgb"])
     result["worst_clip"] = worst
     result["worst_psnr_rgb"] = per_clip[worst]["psnr_rgb"]
+    result["pooled_psnr_rgb"] = pooled_psnr(frame_mses)
+    result["worst_pooled_psnr_rgb"] = min(c["pooled_psnr_rgb"] for c in per_clip.values())
+    result["unchanged_frames"] = float(np.mean(np.asarray(frame_mses) < UNCHANGED_MSE))
     result["clips"] = per_clip
     if rain:  # the network's verdict: frames it judged rainy (presence head; 1 without one)
         result["rain_probability"] = float(np.mean(rain))
@@ -273,8 +295,9 @@ def markdown_table(results: dict) -> str:
     """One row per set and method; ``clean`` rows compare the output with the input."""
     lines = [
         "| set | method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | worst clip PSNR RGB "
-        "| gain Y (mean / worst clip) | α precision | α recall | frames judged rainy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gain Y (mean / worst clip) | α precision | α recall | frames judged rainy "
+        "| pooled PSNR RGB (all / worst clip) | frames unchanged |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for preset, methods in results.items():
         for name, m in methods.items():
@@ -286,9 +309,19 @@ def markdown_table(results: dict) -> str:
             worst = f"{m['worst_psnr_rgb']:.2f}" if "worst_psnr_rgb" in m else ""
             gain = f"{m['gain_y']:+.2f} / {m['worst_gain_y']:+.2f}" if "gain_y" in m else ""
             judged = f"{m['rainy_frames']:.0%}" if "rainy_frames" in m else ""
+            pooled = (
+                f"{m['pooled_psnr_rgb']:.2f} / {m['worst_pooled_psnr_rgb']:.2f}"
+                if "pooled_psnr_rgb" in m
+                else ""
+            )
+            unchanged = (
+                f"{m['unchanged_frames']:.0%}"
+                if preset in NO_HARM_SETS and "unchanged_frames" in m
+                else ""
+            )
             lines.append(
                 f"| {preset} | {name} | {m['psnr_rgb']:.2f} | {m['ssim_rgb']:.4f} | "
                 f"{m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {worst} | {gain} | "
-                f"{alpha[0]} | {alpha[1]} | {judged} |"
+                f"{alpha[0]} | {alpha[1]} | {judged} | {pooled} | {unchanged} |"
             )
     return "\n".join(lines) + "\n"

@@ -192,10 +192,17 @@ def fit(
     return history
 
 
-def with_presence_head(folder, *, smoothing: float | None = None, device: str = "cpu"):
+def with_presence_head(
+    folder,
+    *,
+    smoothing: float | None = None,
+    ramp: tuple[float, float] | None = None,
+    device: str = "cpu",
+):
     """The checkpoint in ``folder`` as a network with a presence head (its own when it has
     one, else a fresh one), frozen in eval mode; returns ``(model, info)``. ``smoothing``
-    sets the head's time smoothing (None: the checkpoint's, or none for a new head)."""
+    sets the head's time smoothing and ``ramp`` how P(rain) scales the change (None: the
+    checkpoint's, or the defaults for a new head)."""
     from j4r.checkpoint import read_info
     from j4r.model import build_model
     from j4r.train import initialise_from
@@ -203,7 +210,12 @@ def with_presence_head(folder, *, smoothing: float | None = None, device: str = 
     info = read_info(folder)
     if smoothing is None:
         smoothing = info.net.presence_smoothing
-    net = dataclasses.replace(info.net, rain_presence=True, presence_smoothing=smoothing)
+    net = dataclasses.replace(
+        info.net,
+        rain_presence=True,
+        presence_smoothing=smoothing,
+        presence_ramp=info.net.presence_ramp if ramp is None else tuple(ramp),
+    )
     model = build_model(net)
     initialise_from(model, folder, net)
     return model.to(device).eval(), dataclasses.replace(info, net=net)

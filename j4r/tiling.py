@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from j4r.arch import presence_scale
 from j4r.color import rgb_to_ycbcr, with_luma
 
 ALPHA_BINS = 4096  # histogram of P(α = 1) per tiled frame, for its 95th percentile
@@ -176,6 +177,7 @@ def derain_tiled_frame(
     *,
     device: str | torch.device = "cpu",
     band_rows: int = 256,
+    presence_ramp: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[torch.Tensor, TiledStats]:
     """De-rain one frame tile by tile; ``memories[i]`` is tile ``i``'s memory (None: empty)
     and is replaced by its new memory. Returns the RGB frame ``(h, w, 3)`` uint8 and stats.
@@ -188,8 +190,9 @@ def derain_tiled_frame(
     Rain presence (networks with a presence head) is decided for the whole frame, not per
     tile: the tiles' local outputs are blended, their presence logits averaged with their
     cores' share of the frame as weights (the head is affine in mean-pooled evidence, so this
-    is the whole frame's logit up to the evidence near tile edges), and the frame's scale is
-    applied once to the blend.
+    is the whole frame's logit up to the evidence near tile edges), and the frame's scale
+    (:func:`j4r.arch.presence_scale` with the network's ``presence_ramp``) is applied once to
+    the blend.
     """
     h, w, _ = frame_hw3_u8.shape
     if (h, w) != (grid.height, grid.width):
@@ -223,18 +226,20 @@ def derain_tiled_frame(
         presence_logit += core_share * float(out.presence_logits.float().flatten()[0])
         # Let this tile's memory and outputs go before the next tile's step allocates its own.
         del memory, out, rgb, background, prob, input_luma
-    rain_probability = float(torch.sigmoid(torch.tensor(presence_logit)))  # fp32, like a step
+    frame_logit = torch.tensor(presence_logit)  # fp32, like a step
+    rain_probability = float(torch.sigmoid(frame_logit))
+    scale = float(presence_scale(frame_logit, presence_ramp))
     out_hw3 = torch.empty_like(frame_hw3_u8)
     for top in range(0, h, band_rows):
         band = frame_hw3_u8[top : top + band_rows].permute(2, 0, 1).float().div_(255.0)
         ycbcr = rgb_to_ycbcr(band)
         local = luma[None, top : top + band_rows]
-        if rain_probability < 1.0:  # O + s (B̂_local − O); s == 1 keeps gate-less nets exact
-            local = ycbcr[:1] + rain_probability * (local - ycbcr[:1])
+        if scale < 1.0:  # O + s (B̂_local − O); s == 1 keeps gate-less nets exact
+            local = ycbcr[:1] + scale * (local - ycbcr[:1])
         rgb = with_luma(ycbcr, local)
         out_hw3[top : top + band_rows] = (
             rgb.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0)
         )
-    change_sum *= rain_probability  # the change is linear in the scale
+    change_sum *= scale  # the change is linear in the scale
     stats = TiledStats(h * w, alpha_sum, over_half, hist, streak_sum, change_sum, rain_probability)
     return out_hw3, stats

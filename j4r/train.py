@@ -204,8 +204,9 @@ def check_init_from(folder: str | Path, net: NetConfig) -> list[str]:
     info = read_info(folder)
     added = [f for f in ADDABLE_HEADS if getattr(net, f) and not getattr(info.net, f)]
     settings = {f: True for f in added}
-    if net.rain_presence:  # time smoothing is a setting of the head, not a weight
+    if net.rain_presence:  # smoothing and ramp are settings of the head, not weights
         settings["presence_smoothing"] = net.presence_smoothing
+        settings["presence_ramp"] = net.presence_ramp
     if dataclasses.replace(info.net, **settings) != net:
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"

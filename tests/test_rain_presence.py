@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from j4r.arch import apply_presence
+from j4r.arch import apply_presence, presence_scale
 from j4r.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from j4r.config import net_config, train_config
 from j4r.losses import rain_present
@@ -24,9 +24,12 @@ def clip(seed=1, t=4, h=17, w=21):
     return torch.rand(1, t, 1, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def present_tiny(seed=0, smoothing=0.0):
+def present_tiny(seed=0, smoothing=0.0, ramp=(0.0, 1.0)):
     torch.manual_seed(seed)
-    net = net_config("tiny", rain_gate=True, rain_presence=True, presence_smoothing=smoothing)
+    net = net_config(
+        "tiny", rain_gate=True, rain_presence=True, presence_smoothing=smoothing,
+        presence_ramp=ramp,
+    )  # fmt: skip
     return build_model(net).eval()
 
 
@@ -79,11 +82,12 @@ def test_the_presence_target_is_whether_the_rain_costs_more_than_the_threshold()
     assert rain_present(rainy, clean, threshold_db=45).flatten().tolist() == [0.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("ramp", [(0.0, 1.0), (0.3, 0.7)])
 @torch.no_grad()
-def test_tiles_reach_the_whole_frame_presence_decision():
+def test_tiles_reach_the_whole_frame_presence_decision(ramp):
     """Tiled and whole frames agree although each tile alone would decide differently: the
     frame's decision comes from all tiles, and the scale is applied once to the blend."""
-    model = present_tiny(seed=4, smoothing=0.6)
+    model = present_tiny(seed=4, smoothing=0.6, ramp=ramp)
     # A decision that depends on the content, near its steepest point.
     model.presence.decision.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
     model.presence.decision.bias.zero_()
@@ -99,7 +103,7 @@ def test_tiles_reach_the_whole_frame_presence_decision():
     for t in range(3):
         tiled, stats = derain_tiled_frame(
             lambda rgb, m: derain_rgb_step(model, rgb, m), torch.from_numpy(frames[t]), grid,
-            memories,
+            memories, presence_ramp=model.presence_ramp,
         )  # fmt: skip
         rgb = torch.from_numpy(frames[t]).permute(2, 0, 1)[None].float() / 255
         whole, out, memory = derain_rgb_step(model, rgb, memory)
@@ -109,6 +113,29 @@ def test_tiles_reach_the_whole_frame_presence_decision():
         assert abs(stats.rain_probability - p_whole) < 0.02
         assert psnr(tiled.float() / 255, whole_u8.float() / 255) > 45
     assert min(verdicts) > 0.1 and max(verdicts) < 0.9  # the decision was not saturated
+
+
+def test_the_ramp_leaves_frames_judged_dry_alone_and_gives_confident_rain_the_whole_change():
+    logits = torch.logit(torch.tensor([0.05, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9]))
+    torch.testing.assert_close(presence_scale(logits), torch.sigmoid(logits))  # no ramp: P
+    scale = presence_scale(logits, (0.25, 0.75))
+    torch.testing.assert_close(scale, torch.tensor([0.0, 0.0, 0.3, 0.5, 0.7, 1.0, 1.0]))
+
+
+@torch.no_grad()
+def test_with_a_ramp_a_frame_at_low_p_rain_comes_out_bit_for_bit():
+    """Without a ramp P(rain) = 0.2 still applies a fifth of the change; with one it is none."""
+    x = clip()
+    outputs = {}
+    for ramp in ((0.0, 1.0), (0.25, 0.75)):
+        model = present_tiny(ramp=ramp)
+        model.presence.decision.weight.zero_()
+        model.presence.decision.bias.fill_(float(torch.logit(torch.tensor(0.2))))
+        outputs[ramp], _ = model(x)
+    assert torch.equal(outputs[(0.25, 0.75)].background, x)
+    assert not torch.equal(outputs[(0.0, 1.0)].background, x)
+    with pytest.raises(ValueError, match="presence_ramp"):
+        present_tiny(ramp=(0.7, 0.3))
 
 
 def test_apply_presence_is_the_identity_at_zero_and_the_local_output_at_one():
@@ -182,9 +209,14 @@ def test_fit_presence_command_writes_a_checkpoint_with_its_record(
     assert info.net.rain_presence and info.extra["presence_fit"]["threshold_db"] == 40.0
     # Saved samples are labelled again at the threshold asked for.
     assert main([*args, "--clips", "0", "--samples", str(tmp_path / "s.pt"), "--epochs", "1",
-                 "--threshold-db", "100"]) == 0  # fmt: skip
-    assert load_checkpoint(out)[1].extra["presence_fit"]["rainy_share"] == 1.0
+                 "--threshold-db", "100", "--ramp", "0.25,0.75"]) == 0  # fmt: skip
+    refit, info = load_checkpoint(out)
+    assert info.extra["presence_fit"]["rainy_share"] == 1.0
+    assert info.net.presence_ramp == (0.25, 0.75) and refit.presence_ramp == (0.25, 0.75)
     capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:  # argparse: a usage error
+        main([*args, "--clips", "0", "--ramp", "0.8,0.2"])
+    assert exited.value.code == 2 and "LO < HI" in capsys.readouterr().err
     source, _ = load_checkpoint(tiny_checkpoint)
     for key, value in source.state_dict().items():  # only the head is new
         assert torch.equal(fitted.state_dict()[key], value), key

@@ -268,6 +268,12 @@ def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
         help="share of the past in the running average of P(rain) over frames, in [0, 1) "
         "(unset: the checkpoint's; 0 for a new head)",
     )  # fmt: skip
+    p.add_argument(
+        "--ramp", type=_ramp, metavar="LO,HI",
+        help="how P(rain) scales a frame's change: none up to LO (the frame is left bit for "
+        "bit), all from HI, linear between; 0,1 applies P(rain) itself (unset: the "
+        "checkpoint's; 0,1 for a new head)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=15, help="passes over the samples")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument(
@@ -564,3 +570,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _ramp(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LO,HI such as 0.25,0.75, not {text!r}"
+        ) from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO < HI <= 1, not {text!r}")
+    return lo, hi

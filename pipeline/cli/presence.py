@@ -30,7 +30,9 @@ def fit_presence_command(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint()
     with usage_errors(ValueError, OSError, CheckpointError):
         clips = clip_config(args.overrides)
-        model, info = presence.with_presence_head(checkpoint, smoothing=args.smoothing)
+        model, info = presence.with_presence_head(
+            checkpoint, smoothing=args.smoothing, ramp=args.ramp
+        )
         parts = [presence.load_samples(path) for path in args.samples]
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -209,7 +209,9 @@ def _tiled_frame(step: Callable, frame_hw3_u8: np.ndarray, tiled, device: str):
     from j4r.tiling import derain_tiled_frame
 
     frame = torch.from_numpy(np.ascontiguousarray(frame_hw3_u8))
-    out, stats = derain_tiled_frame(step, frame, tiled.grid, tiled.memories, device=device)
+    out, stats = derain_tiled_frame(
+        step, frame, tiled.grid, tiled.memories, device=device, presence_ramp=tiled.presence_ramp
+    )
     return out.numpy(), stats
 
 
@@ -299,7 +301,9 @@ class DerainStage:
     def _make_tiles(self, width: int, height: int):
         from pipeline.stage.tiles import TiledClip
 
-        return TiledClip.for_frame(width, height, self.config, self.channels, self.device)
+        return TiledClip.for_frame(
+            width, height, self.config, self.channels, self.device, self.model.presence_ramp
+        )
 
     def process(
         self,

@@ -168,10 +168,17 @@ class TiledClip:
 
     grid: object  # j4r.tiling.TileGrid
     memories: object  # list, or SpilledMemories
+    presence_ramp: tuple[float, float] = (0.0, 1.0)  # the network's (applied per frame)
 
     @classmethod
     def for_frame(
-        cls, width: int, height: int, config: StageConfig, channels: int, device: str
+        cls,
+        width: int,
+        height: int,
+        config: StageConfig,
+        channels: int,
+        device: str,
+        presence_ramp: tuple[float, float] = (0.0, 1.0),
     ) -> TiledClip | None:
         grid = tiles_for(width, height, config, channels)
         if grid is None:
@@ -185,7 +192,7 @@ class TiledClip:
             )  # fmt: skip
         else:
             memories = [None] * len(grid)
-        return cls(grid, memories)
+        return cls(grid, memories, presence_ramp)
 
     def close(self) -> None:
         if isinstance(self.memories, SpilledMemories):
