@@ -175,7 +175,8 @@ def resume(
     start_step, elapsed = 0, 0.0
     if state is not None:
         previous = json.loads(state["config_json"])
-        if previous["net"] != saved_config["net"]:
+        # Compared as saved: JSON turns tuples (presence_ramp) into lists.
+        if previous["net"] != json.loads(json.dumps(saved_config["net"])):
             raise ValueError(
                 f"the saved training state is of a different network ({previous['net']}); "
                 "start a new run (a new --run-dir or run name)"

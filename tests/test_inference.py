@@ -124,10 +124,12 @@ def test_tile_grid_keeps_the_budget():
         plan_tiles(1000, 1000, 100 * 100, 64)
 
 
-def run_tiled(step, frames_thwc_u8, grid, memories):
+def run_tiled(step, frames_thwc_u8, grid, memories, presence_ramp=(0.0, 1.0)):
     outs = []
     for frame in frames_thwc_u8:
-        out, _ = derain_tiled_frame(step, torch.from_numpy(frame), grid, memories)
+        out, _ = derain_tiled_frame(
+            step, torch.from_numpy(frame), grid, memories, presence_ramp=presence_ramp
+        )
         outs.append(out.numpy())
     return np.stack(outs)
 
@@ -143,7 +145,7 @@ def test_tiled_output_matches_untiled_with_the_shipped_model():
     def step(rgb, memory):
         return derain_rgb_step(model, rgb, memory)
 
-    tiled = run_tiled(step, frames, grid, [None] * len(grid))
+    tiled = run_tiled(step, frames, grid, [None] * len(grid), model.presence_ramp)
     memory = None
     for t, frame in enumerate(frames):
         rgb = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255

@@ -78,6 +78,18 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _ramp(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LO,HI such as 0.25,0.75, not {text!r}"
+        ) from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO < HI <= 1, not {text!r}")
+    return lo, hi
+
+
 def _alias(p: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
     """``old`` as a hidden, deprecated spelling of the option ``new`` (same dest and type)."""
     dest = new.lstrip("-").replace("-", "_")
@@ -570,15 +582,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _ramp(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected LO,HI such as 0.25,0.75, not {text!r}"
-        ) from None
-    if not 0.0 <= lo < hi <= 1.0:
-        raise argparse.ArgumentTypeError(f"need 0 <= LO < HI <= 1, not {text!r}")
-    return lo, hi
