@@ -18,7 +18,6 @@ has occlusions (``heavy``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import torch
 from j4r.arch import J4RNet
 from j4r.color import rgb_to_luma, rgb_to_ycbcr, with_luma
 from j4r.config import rain_config
-from j4r.metrics import MSE_FLOOR, mse, psnr, ssim
+from j4r.metrics import mse, psnr, psnr_from_mse, ssim
 from j4r.motion import CameraPath, render_path
 from j4r.rain import add_rain
 from j4r.sources import CleanSource, evaluation_sources
@@ -187,7 +186,7 @@ UNCHANGED_MSE = 1e-10
 def pooled_psnr(frame_mses: list[float]) -> float:
     """PSNR of a clip's mean squared error over all its frames (not the mean of per-frame
     PSNRs, which frames identical to the reference, at 120 dB each, would inflate)."""
-    return 10 * math.log10(1.0 / max(float(np.mean(frame_mses)), MSE_FLOOR))
+    return psnr_from_mse(float(np.mean(frame_mses)))
 
 
 def score(method: Method, clips: list[EvalClip]) -> dict:
@@ -211,7 +210,7 @@ def score(method: Method, clips: list[EvalClip]) -> dict:
         for t in range(clip.clean.shape[0]):
             pred, clean = derained[t], clip.clean[t]
             frame_mses.append(mse(pred, clean))
-            rows["psnr_rgb"].append(psnr(pred, clean))
+            rows["psnr_rgb"].append(psnr_from_mse(frame_mses[-1]))  # not a second pass
             rows["ssim_rgb"].append(ssim(pred, clean))
             rows["psnr_y"].append(psnr(rgb_to_luma(pred), rgb_to_luma(clean)))
             rows["ssim_y"].append(ssim(rgb_to_luma(pred), rgb_to_luma(clean)))

@@ -27,9 +27,14 @@ def mse(prediction: Any, target: Any, *, data_range: float = 1.0) -> float:
     return float(np.mean(diff * diff))
 
 
+def psnr_from_mse(unit_mse: float) -> float:
+    """PSNR in dB of a mean squared error on the unit scale."""
+    return 10 * math.log10(1.0 / max(unit_mse, MSE_FLOOR))
+
+
 def psnr(prediction: Any, target: Any, *, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB."""
-    return 10 * math.log10(1.0 / max(mse(prediction, target, data_range=data_range), MSE_FLOOR))
+    return psnr_from_mse(mse(prediction, target, data_range=data_range))
 
 
 def ssim(prediction: Any, target: Any, *, data_range: float = 1.0) -> float:
