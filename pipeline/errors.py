@@ -69,6 +69,10 @@ class RayUnavailable(RunnerError, InfrastructureError):
     """The Ray cluster named by ``--address`` / ``RAY_ADDRESS`` cannot be joined."""
 
 
+class WorkersUnplaceable(RunnerError, InfrastructureError):
+    """Ray cannot place the workers: no node offers what each needs (a GPU, enough CPUs)."""
+
+
 class VideoFailures(DerainError):
     """Some videos failed; the run was committed and reported (the flow run ends failed)."""
 

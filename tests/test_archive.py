@@ -301,6 +301,35 @@ def test_killed_actor_is_restarted_and_its_video_redone(s3, tmp_path, tiny_check
 
 
 @pytest.mark.ray
+def test_a_worker_out_of_restarts_is_replaced_and_its_video_redone(
+    s3, tmp_path, tiny_checkpoint, ray_session
+):
+    """No in-place restarts left (max_restarts=0): Ray gives the actor up for good; the runner
+    starts a new one and the run goes on, every frame once (it used to end the run)."""
+    from pipeline.runtime.ray_runner import RayRunner
+
+    fs, bucket, options = s3
+    specs = {f"v{i}.mkv": (40, 48, 64, "ffv1") for i in range(3)}
+    upload_archive(fs, bucket, tmp_path, specs)
+    config = StageConfig(tiny_checkpoint, device="cpu", encode=LOSSLESS, chunk_frames=4)
+    runner = RayRunner(config, workers=1, max_restarts=0)
+    first_actor, first_pid = runner.actors[0], runner.actor_pids[0]
+    killer = threading.Timer(1.0, os.kill, (first_pid, signal.SIGKILL))
+    killer.start()
+    try:
+        summary = run_archive(job_for(bucket, options), runner, model_name="m", model_version="v")
+        replaced = runner.actors[0] is not first_actor and runner.actor_pids[0] != first_pid
+    finally:
+        killer.join()
+        runner.close()
+    assert replaced
+    assert (summary.ok, summary.failed) == (3, 0)
+    frames = store_of(bucket, options).read("frames").to_pylist()
+    assert len(frames) == 120
+    assert len({(f["video_id"], f["frame_index"]) for f in frames}) == 120
+
+
+@pytest.mark.ray
 def test_twenty_mixed_videos_on_ray(s3, tmp_path, tiny_checkpoint, ray_session):
     """Mixed sizes, codecs and frame rates; odd keys; a key with '..' never escapes DST."""
 

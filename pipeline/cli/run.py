@@ -47,11 +47,14 @@ def run_command(args: argparse.Namespace) -> int:
 def _run(args, job, stage, settings, info, claim) -> int:
     from tqdm import tqdm
 
-    from pipeline.errors import RunStopped
+    from pipeline.errors import CheckpointError, RunStopped, UsageError
     from pipeline.job.archive import run_archive
     from pipeline.runtime.runners import build_runner
 
-    runner = build_runner(stage, settings)
+    try:
+        runner = build_runner(stage, settings)
+    except CheckpointError as exc:  # loads in the driver, not on a worker: the caller's to fix
+        raise UsageError(str(exc)) from exc
     # In frames, so that one long video moves the bar as its segments finish; videos as postfix.
     bar = tqdm(total=0, unit="frame", desc="derain", disable=args.no_progress)
 

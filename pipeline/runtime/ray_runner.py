@@ -25,7 +25,8 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
-from pipeline.errors import RunnerError
+from pipeline import errors
+from pipeline.errors import DerainError, RunnerError, WorkersUnplaceable
 from pipeline.job.manifest import VideoRow
 from pipeline.job.plan import VideoTask
 from pipeline.job.worker import RunContext, TaskResult, process_task
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 # First wait before a video whose worker was killed for memory is tried again (doubles).
 OOM_BACKOFF_S = 5.0
+# How long new workers may wait for Ray to place them (an autoscaler adding a node takes
+# minutes); DERAIN_ACTOR_START_TIMEOUT_S overrides it.
+START_TIMEOUT_S = 600.0
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -45,6 +49,23 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return "running low on memory" in text or "OutOfMemoryError" in text
+
+
+def stage_error(exc: RayActorError) -> DerainError:
+    """The error an actor's constructor raised, as the project's own type where it was one
+    (a ``UsageError`` such as ``--device cuda`` on a node without CUDA keeps exit code 2).
+
+    Ray passes a failed constructor on as text only; its last line is ``module.Type: message``.
+    """
+    text = getattr(exc, "error_msg", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name, _, message = last.partition(": ")
+    if name.startswith("pipeline.errors."):
+        cls = getattr(errors, name.rsplit(".", 1)[1], None)
+        if isinstance(cls, type) and issubclass(cls, DerainError):
+            return cls(f"the Ray workers could not start: {message}")
+    return RunnerError(f"the Ray workers could not start: {last}")
 
 
 class DerainActor:
@@ -75,7 +96,8 @@ class RayRunner:
     """``workers`` actors, each de-raining ``config.clips_per_batch`` videos at once as one
     batch, with the CPUs and GPUs the stage declares (``config.resources``).
 
-    Videos of an actor that dies are resubmitted once it has been restarted.
+    Videos of an actor that dies are resubmitted once it has been restarted; an actor out of
+    restarts is replaced by a new one.
     """
 
     def __init__(
@@ -85,29 +107,83 @@ class RayRunner:
         workers: int = 1,
         address: str | None = None,
         max_attempts: int = 3,
+        max_restarts: int | None = None,
+        start_timeout_s: float | None = None,
     ):
         connect(address)
         self.max_attempts = max_attempts
         self.clips_per_worker = config.clips_per_batch
-        resources = config.resources
-        actor_cls = ray.remote(DerainActor).options(
-            max_concurrency=self.clips_per_worker + 1,  # + 1 keeps info() answering while busy
-            num_cpus=resources.cpus,
-            num_gpus=resources.gpus,
-            max_restarts=max_attempts,
-            max_task_retries=0,
+        self.resources = config.resources
+        self.start_timeout_s = start_timeout_s or float(
+            os.environ.get("DERAIN_ACTOR_START_TIMEOUT_S", START_TIMEOUT_S)
         )
-        self.actors = [actor_cls.remote(config) for _ in range(workers)]
-        try:
-            infos = ray.get([a.info.remote() for a in self.actors])
-        except RayActorError as exc:  # the stage could not load in the actor
-            self.close()
-            cause = getattr(exc, "error_msg", None) or str(exc)
-            last = [line for line in str(cause).splitlines() if line.strip()][-1:] or [""]
-            raise RunnerError(f"the Ray workers could not start: {last[0].strip()}") from exc
-        self.info = infos[0]
+        # A worker lost for good (out of in-place restarts) is replaced by a new actor, up to
+        # this many times in all; past that something kills every worker and the run stops.
+        self.replacements_left = workers * max_attempts
+        self._new_actor = lambda: (
+            ray.remote(DerainActor)
+            .options(
+                max_concurrency=self.clips_per_worker + 1,  # + 1 keeps info() answering
+                num_cpus=self.resources.cpus,
+                num_gpus=self.resources.gpus,
+                max_restarts=max_attempts if max_restarts is None else max_restarts,
+                max_task_retries=0,
+            )
+            .remote(config)
+        )
+        self.actors = []
+        self.actors = self._start([self._new_actor() for _ in range(workers)])
+        self.info = ray.get(self.actors[0].info.remote())
         self.description = (
-            f"ray, {workers} actor(s) x {self.clips_per_worker} clip(s) on {infos[0]['device']}"
+            f"ray, {workers} actor(s) x {self.clips_per_worker} clip(s) on {self.info['device']}"
+        )
+
+    def _start(self, actors: list) -> list:
+        """Wait until ``actors`` answer; a stage that cannot load, or actors Ray cannot place
+        within ``start_timeout_s``, stop the run with one line saying why."""
+        pending = {actor.info.remote(): actor for actor in actors}
+        deadline = time.monotonic() + self.start_timeout_s
+        warned = False
+        try:
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkersUnplaceable(self._unplaceable(len(pending)))
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(left, 15))
+                for ref in ready:
+                    pending.pop(ref)
+                    ray.get(ref)
+                if pending and not warned:
+                    logger.warning("waiting for Ray to place workers: %s", self._needs())
+                    warned = True
+        except RayActorError as exc:  # the stage could not load in the actor
+            for actor in actors:
+                ray.kill(actor)
+            raise stage_error(exc) from exc
+        except WorkersUnplaceable:
+            for actor in actors:
+                ray.kill(actor)
+            raise
+        return actors
+
+    def _needs(self) -> str:
+        need = f"{self.resources.cpus:g} CPU"
+        if self.resources.gpus:
+            need += f" and {self.resources.gpus:g} GPU"
+        have = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+        offer = ", ".join(f"{v:g} {k}" for k, v in sorted(have.items())) or "nothing"
+        return f"each needs {need}; the cluster has {offer} free"
+
+    def _unplaceable(self, count: int) -> str:
+        hint = (
+            "add GPU nodes, or run with --device cpu"
+            if self.resources.gpus
+            else "use fewer --workers or --cpus-per-worker, or add nodes"
+        )
+        return (
+            f"Ray could not place {count} worker(s) within {self.start_timeout_s:g} s "
+            f"({self._needs()}): {hint}; DERAIN_ACTOR_START_TIMEOUT_S waits longer for an "
+            "autoscaler"
         )
 
     @property
@@ -117,18 +193,18 @@ class RayRunner:
     def run(self, tasks: list[VideoTask], context: RunContext) -> Iterator[TaskResult]:
         queue = list(reversed(tasks))
         attempts: dict[str, int] = {}
-        in_flight: dict[Any, tuple[VideoTask, Any]] = {}
+        in_flight: dict[Any, tuple[VideoTask, int]] = {}  # ref -> (task, worker slot)
         delayed: list[tuple[float, VideoTask]] = []  # (not before, task): OOM backoff
-        idle = [actor for actor in self.actors for _ in range(self.clips_per_worker)]
+        idle = [slot for slot in range(len(self.actors)) for _ in range(self.clips_per_worker)]
         while queue or in_flight or delayed:
             now = time.monotonic()
             for item in [d for d in delayed if d[0] <= now]:
                 delayed.remove(item)
                 queue.append(item[1])
             while queue and idle:
-                task, actor = queue.pop(), idle.pop()
+                task, slot = queue.pop(), idle.pop()
                 attempts[task.task_id] = attempts.get(task.task_id, 0) + 1
-                in_flight[actor.process.remote(task, context)] = (task, actor)
+                in_flight[self.actors[slot].process.remote(task, context)] = (task, slot)
             wait_s = max(0.0, min(d[0] for d in delayed) - now) if delayed else None
             if not in_flight:
                 time.sleep(wait_s or 0.0)
@@ -136,12 +212,12 @@ class RayRunner:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             if not ready:
                 continue
-            task, actor = in_flight.pop(ready[0])
-            idle.append(actor)
+            task, slot = in_flight.pop(ready[0])
+            idle.append(slot)
             try:
                 result = ray.get(ready[0])
             except (RayActorError, WorkerCrashedError, OutOfMemoryError) as exc:
-                self._wait_until_alive(actor)
+                self._revive(slot)
                 count = attempts[task.task_id]
                 oom = is_out_of_memory(exc)
                 if count >= self.max_attempts:
@@ -165,6 +241,21 @@ class RayRunner:
                 queue.append(task)
                 continue
             yield result
+
+    def _revive(self, slot: int) -> None:
+        """Wait for the worker in ``slot`` to come back; one Ray will not restart any more
+        (out of ``max_restarts``) is replaced by a new actor."""
+        try:
+            self._wait_until_alive(self.actors[slot])
+            return
+        except RayActorError:  # dead for good
+            pass
+        if self.replacements_left <= 0:
+            raise RunnerError("workers keep dying and were replaced too often; giving up the run")
+        self.replacements_left -= 1
+        logger.warning("a worker is gone for good (out of restarts); starting a new one")
+        ray.kill(self.actors[slot])
+        self.actors[slot] = self._start([self._new_actor()])[0]
 
     def _out_of_memory(self, task: VideoTask, context: RunContext, count: int) -> TaskResult:
         now = datetime.now(UTC)

@@ -267,10 +267,12 @@ class DerainStage:
         clearing scratch folders that killed runs left on this machine."""
         from pipeline.io.scratch import sweep_stale_scratch
         from pipeline.registry.checkpoints import load_model
-        from pipeline.stage.device import resolve_device
+        from pipeline.stage.device import check_device_available, resolve_device
 
         sweep_stale_scratch()
         self.device = resolve_device(self.config.device)
+        # Here, not only in the driver: on a cluster the workers' machines are not the driver's.
+        check_device_available(self.device)
         checkpoint = self.config.checkpoint
         if checkpoint is not None and "://" in checkpoint:
             from pipeline.registry.models import fetch_checkpoint
