@@ -10,7 +10,6 @@ overlapping nightly runs never do the same work).
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -23,7 +22,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from pipeline.errors import RunStopped, UsageError, VideoFailures
+from flows.settings import configured
+from pipeline.errors import RunStopped, VideoFailures
 from pipeline.io.storage import SourceObject
 from pipeline.io.video import EncodeOptions
 from pipeline.job.archive import (
@@ -142,38 +142,6 @@ def publish_report(job: ArchiveJob, run_id: str) -> str:
     markdown = render_markdown(report, image_link=lambda name: f"{folder}/{name}")
     create_markdown_artifact(markdown, key="derain-report", description=f"run {run_id}: {url}")
     return url
-
-
-# Settings a run may take from the Prefect server instead of its parameters:
-# parameter -> (Prefect Variable, environment variable of the worker, the fallback).
-SETTINGS = {
-    "source": ("derain_source", "DERAIN_SOURCE"),
-    "destination": ("derain_destination", "DERAIN_DESTINATION"),
-    "model_registry": ("derain_models", "DERAIN_MODELS"),
-}
-
-
-def configured(name: str, value: str | None, *, required: bool = True) -> str | None:
-    """``value`` when the run was given one; else the Prefect Variable named in
-    :data:`SETTINGS` (``prefect variable set derain_source s3://...``); else the worker's
-    environment variable. A ``{{ $VAR }}`` that `prefect deploy` could not fill counts as unset."""
-    from prefect.variables import Variable
-
-    if value and "{{" not in value:
-        return value
-    variable, env = SETTINGS[name]
-    found, origin = Variable.get(variable, default=None), f"Prefect Variable {variable}"
-    if not found:
-        found, origin = os.environ.get(env), f"${env}"
-    if found:
-        get_run_logger().info("%s from %s: %s", name, origin, found)
-        return str(found)
-    if required or value:
-        raise UsageError(
-            f"no {name}: pass it as a parameter, set the Prefect Variable {variable} "
-            f"(`prefect variable set {variable} VALUE`), or set {env} before `prefect deploy`"
-        )
-    return None
 
 
 @flow(name=FLOW_NAME, log_prints=False)

@@ -17,6 +17,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
+from flows.settings import configured
+
 STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
 
 
@@ -133,8 +135,8 @@ def publish(
 
 @flow(name="train-j4r")
 def train_j4r(
-    registry_url: str,
-    storage_path: str,
+    registry_url: str | None = None,
+    storage_path: str | None = None,
     content_url: str | None = None,
     preset: str = "small",
     steps: int | None = None,
@@ -157,14 +159,20 @@ def train_j4r(
     """Train a J4R-Net on Ray Train, evaluate it and publish it; returns the new version.
 
     ``registry_url`` and ``storage_path`` (training checkpoints) and ``content_url`` (clean
-    photos; None: each worker's installed ones) share ``storage_options`` (e.g.
-    ``{"endpoint_url": ...}``). ``steps`` overrides the preset's total, split between the two
-    stages in the preset's proportion; ``train_overrides`` sets other TrainConfig keys.
+    photos; None: each worker's installed ones), when not given, come from the Prefect
+    Variables ``derain_models``, ``derain_checkpoints``, ``derain_content`` (else the worker's
+    ``DERAIN_MODELS``, ``DERAIN_CHECKPOINTS``, ``DERAIN_CONTENT``). They share
+    ``storage_options`` (e.g. ``{"endpoint_url": ...}``). ``steps`` overrides the preset's
+    total, split between the two stages in the preset's proportion; ``train_overrides`` sets
+    other TrainConfig keys.
     ``version`` defaults to the UTC time (``2026.12.01-0230``); ``run_name`` to
     ``j4r-PRESET-VERSION``. ``ray_address``: ``auto`` or ``ray://HOST:10001``; None starts a
     local Ray with ``num_workers x threads_per_worker`` CPUs. Prefect records parameters:
     keep credentials out of ``storage_options`` (use the AWS chain: environment, role).
     """
+    registry_url = configured("model_registry", registry_url)
+    storage_path = configured("storage_path", storage_path)
+    content_url = configured("content_url", content_url, required=False)
     options = storage_options or {}
     version = version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M")
     run_name = run_name or f"j4r-{preset}-{version}"

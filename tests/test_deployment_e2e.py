@@ -98,15 +98,12 @@ def test_nightly_deployment_runs_on_a_real_prefect_server(s3, s3_endpoint, tmp_p
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PWD": str(REPO),  # prefect.yaml's pull step: run flows from this checkout
         "AWS_ENDPOINT_URL": s3_endpoint,
-        "DERAIN_SOURCE": f"s3://{bucket}/in",
-        "DERAIN_DESTINATION": f"s3://{bucket}/out",
-        "DERAIN_MODELS": f"s3://{bucket}/models",  # empty registry: the shipped checkpoint
-        "DERAIN_CONTENT": f"s3://{bucket}/content",
-        "DERAIN_CHECKPOINTS": f"s3://{bucket}/train",
         # Ray's socket paths must stay under 107 bytes: a short temp dir, not tmp_path.
         "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-"),
     }
     env.pop("PREFECT_API_KEY", None)
+    for name in ("DERAIN_SOURCE", "DERAIN_DESTINATION", "DERAIN_MODELS"):
+        env.pop(name, None)  # no fallback: the Variables must carry the run
     processes: list[subprocess.Popen] = []
     try:
         server_log = tmp_path / "server.log"
@@ -118,6 +115,14 @@ def test_nightly_deployment_runs_on_a_real_prefect_server(s3, s3_endpoint, tmp_p
         processes.append(server)
         wait_healthy(f"{api}/health", server, server_log)
         prefect(["work-pool", "create", "derain-local", "--type", "process"], env)
+        # Locations live on the server as Prefect Variables, not in the deployment or the
+        # worker's environment: the run must find them there.
+        for name, value in {
+            "derain_source": f"s3://{bucket}/in",
+            "derain_destination": f"s3://{bucket}/out",
+            "derain_models": f"s3://{bucket}/models",  # empty registry: the shipped checkpoint
+        }.items():
+            prefect(["variable", "set", name, value], env)
         prefect(["--no-prompt", "deploy", "--name", "nightly"], env)
         deployment = json.loads(
             prefect(["deployment", "inspect", "derain-archive/nightly", "-o", "json"], env)
@@ -125,6 +130,7 @@ def test_nightly_deployment_runs_on_a_real_prefect_server(s3, s3_endpoint, tmp_p
         # Overlapping nightly runs queue behind each other instead of doing the same videos.
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+        assert "source" not in deployment["parameters"]  # read at run time, not baked in
         (schedule,) = deployment["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *"
         worker_log = tmp_path / "worker.log"

@@ -19,6 +19,19 @@ def artifacts(key: str) -> list:
         )
 
 
+def run_logs(state) -> str:
+    """Every log line of the flow run (its tasks' too) as the Prefect server stored it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs are shipped in the background
+    flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=flow_run))
+    return "\n".join(log.message for log in logs)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_work(
@@ -49,7 +62,8 @@ def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_w
         "segment_frames": 8,  # the 12-frame video runs as two segments
         "warmup_frames": 4,
     }
-    first = derain_archive(**params)
+    first_state = derain_archive(**params, return_state=True)
+    first = first_state.result()
     assert (first["ok"], first["failed"], first["skipped"], first["frames"]) == (2, 0, 0, 21)
     assert first["model"] == f"j4r-tiny {version}"
     assert fs.exists(f"{bucket}/out/cam0/v0.mp4") and fs.exists(f"{bucket}/out/cam1/v1.mp4")
@@ -68,6 +82,9 @@ def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_w
     assert f"]({folder}/alpha-" in markdown.data and f"]({folder}/thumb-" in markdown.data
     (progress,) = artifacts("derain-progress")
     assert float(progress.data) == 100.0
+    logs = run_logs(first_state)  # one line per finished video in the flow run's logs
+    assert f"s3://{bucket}/in/cam0/v0.mkv done: 12 frames" in logs, logs
+    assert f"s3://{bucket}/in/cam1/v1.mp4 done: 9 frames" in logs, logs
 
     fs.pipe(f"{bucket}/in/broken.mp4", b"not a video")
     state = derain_archive(**params, return_state=True)
@@ -76,6 +93,7 @@ def test_archive_flow_publishes_manifests_report_and_artifacts_then_skips_done_w
     assert len(store_commits) == 2  # ... after its manifests were committed
     assert (store_commits[-1]["ok"], store_commits[-1]["skipped"]) == (0, 2)
     assert store_commits[-1]["failed"] == 1
+    assert f"s3://{bucket}/in/broken.mp4 failed: " in run_logs(state)
 
 
 def test_settings_come_from_the_run_then_prefect_variables_then_the_environment(
@@ -84,7 +102,7 @@ def test_settings_come_from_the_run_then_prefect_variables_then_the_environment(
     from prefect import flow
     from prefect.variables import Variable
 
-    from flows.archive import configured
+    from flows.settings import configured
     from pipeline.errors import UsageError
 
     @flow

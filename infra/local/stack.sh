@@ -63,14 +63,31 @@ export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$TOKEN
 export RAY_USAGE_STATS_ENABLED=0
 # Ray's temp dir (sockets, session logs): $RAY_TEMP
-# Parameters of the prefect.yaml deployments (read at \`prefect deploy\` time); local defaults
-# on the bucket $BUCKET of the local S3 endpoint. Set them before \`start\` to override.
+# Where the flows read and write: \`start\` copies these local defaults (the bucket $BUCKET of
+# the local S3 endpoint) into the Prefect Variables derain_source, derain_destination,
+# derain_models, derain_content, derain_checkpoints unless those exist; runs read the Variables
+# (\`prefect variable set derain_source ... --overwrite\` changes the next run), these as fallback.
 export DERAIN_SOURCE=${DERAIN_SOURCE:-s3://$BUCKET/raw}
 export DERAIN_DESTINATION=${DERAIN_DESTINATION:-s3://$BUCKET/derained}
 export DERAIN_MODELS=${DERAIN_MODELS:-s3://$BUCKET/models}
 export DERAIN_CONTENT=${DERAIN_CONTENT:-s3://$BUCKET/content}
 export DERAIN_CHECKPOINTS=${DERAIN_CHECKPOINTS:-$STACK/train}
 EOF
+}
+
+set_variables() {  # the flows' locations as Prefect Variables; existing ones are left alone
+  local pair name value
+  for pair in derain_source=$DERAIN_SOURCE derain_destination=$DERAIN_DESTINATION \
+    derain_models=$DERAIN_MODELS derain_content=$DERAIN_CONTENT \
+    derain_checkpoints=$DERAIN_CHECKPOINTS; do
+    name=${pair%%=*} value=${pair#*=}
+    if "$BIN/prefect" variable get "$name" > /dev/null 2>&1; then
+      log "prefect variable $name kept: $("$BIN/prefect" variable get "$name" 2>/dev/null)"
+    else
+      "$BIN/prefect" variable set "$name" "$value" > "$LOGS/variables.log" 2>&1 ||
+        die "could not set the Prefect Variable $name; log: $LOGS/variables.log"
+    fi
+  done
 }
 
 alive() {  # alive NAME: the PID in pids/NAME runs
@@ -216,6 +233,8 @@ fs.exists(sys.argv[1]) or fs.mkdir(sys.argv[1])' "$BUCKET" > "$LOGS/bucket.log" 
   "$BIN/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 ||
     "$BIN/prefect" work-pool create "$POOL" --type process > "$LOGS/work-pool.log" 2>&1 ||
     die "could not create work pool $POOL; log: $LOGS/work-pool.log"
+
+  set_variables
 
   if alive prefect-worker; then
     log "prefect worker already running (pid $(cat "$PIDS/prefect-worker"))"
