@@ -139,8 +139,8 @@ class StopAfter:
     def __init__(self, runner, n):
         self.runner, self.n, self.description = runner, n, runner.description
 
-    def run(self, tasks, context):
-        for i, result in enumerate(self.runner.run(tasks, context)):
+    def run(self, tasks, context, on_frames=None):
+        for i, result in enumerate(self.runner.run(tasks, context, on_frames)):
             yield result
             if i + 1 == self.n:
                 raise Interrupted

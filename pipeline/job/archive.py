@@ -102,8 +102,12 @@ class RunSummary:
 
 @dataclass
 class RunProgress:
-    """How far a run is, in frames and videos; handed to ``on_progress`` after planning and
-    after every finished task (a whole video or one segment of a long one).
+    """How far a run is, in frames and videos; handed to ``on_progress`` after planning,
+    after every finished task (a whole video or one segment of a long one), and as running
+    tasks write frames (at most every :data:`PROGRESS_EVERY_S`).
+
+    ``frames_done`` counts the frames of finished tasks and those written so far by running
+    ones (a task redone after its worker died starts again from its first frame).
 
     ``frames_total`` is the frames the containers declare for the videos to do, less what
     failed videos will never de-rain (it shrinks when one fails); 0 when no container says.
@@ -113,6 +117,35 @@ class RunProgress:
     videos_done: int = 0
     frames_total: int = 0
     frames_done: int = 0
+
+
+# Least time between two progress reports while tasks run (finished tasks always report).
+PROGRESS_EVERY_S = 1.0
+
+
+class _LiveFrames:
+    """Frames of finished tasks plus frames written so far by running ones."""
+
+    def __init__(self, progress: RunProgress, on_progress):
+        self.progress, self.on_progress = progress, on_progress
+        self.finished, self.running = 0, {}
+        self.reported_at = 0.0
+
+    def running_task(self, task: VideoTask, frames: int) -> None:
+        self.running[task.task_id] = frames
+        now = time.monotonic()
+        if self.on_progress and now - self.reported_at >= PROGRESS_EVERY_S:
+            self.reported_at = now
+            self._update()
+            self.on_progress(self.progress)
+
+    def finished_task(self, task: VideoTask, frames: int) -> None:
+        self.running.pop(task.task_id, None)
+        self.finished += frames
+        self._update()
+
+    def _update(self) -> None:
+        self.progress.frames_done = self.finished + sum(self.running.values())
 
 
 def _expected_frames(task: VideoTask, count: int | None) -> int:
@@ -306,8 +339,8 @@ def execute_run(
     on_progress: Callable[[RunProgress], None] | None = None,
 ) -> RunSummary:
     """De-rain the planned videos on ``runner``; one manifest shard per finished video.
-    ``on_result`` is called per finished video, ``on_progress`` per finished task (a long
-    video's segments report frames while the video is still running).
+    ``on_result`` is called per finished video, ``on_progress`` per finished task and, at most
+    every second, as running tasks write frames (:class:`RunProgress`).
 
     The shards are staged, not visible to readers until :func:`commit_run` commits them.
     When the circuit breaker trips, the videos still running are abandoned and the summary
@@ -339,10 +372,11 @@ def execute_run(
         logger.info("%d videos split into %d tasks", len(plan.todo), len(tasks))
     joiner = SegmentJoiner(job.destination, options, job.encode)
     breaker = CircuitBreaker(job.max_unexpected_failures)
-    results = runner.run(tasks, context)
+    live = _LiveFrames(progress, on_progress)
+    results = runner.run(tasks, context, live.running_task)
     for result in results:
         expected = _expected_frames(result.task, count_of.get(result.task.video_id))
-        progress.frames_done += result.row.frames
+        live.finished_task(result.task, result.row.frames)
         if result.row.status != "ok":  # never de-rained: out of the total
             progress.frames_total -= max(0, expected - result.row.frames)
         whole = joiner.add(result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,9 +72,14 @@ def frame_rows(result: VideoResult, first_index: int = 0) -> FrameRows:
 
 
 def process_task(
-    stage: DerainStage, task: VideoTask, context: RunContext, worker: str | None = None
+    stage: DerainStage,
+    task: VideoTask,
+    context: RunContext,
+    worker: str | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> TaskResult:
-    """De-rain one video (or one segment of it) from its source URL to its destination key.
+    """De-rain one video (or one segment of it) from its source URL to its destination key;
+    ``on_frames(n)`` after every chunk with the frames written so far (warm-up not counted).
 
     A segment's part goes to a staging key instead; the driver joins the parts when every
     segment of the video is done (:mod:`pipeline.job.assemble`).
@@ -101,7 +107,9 @@ def process_task(
             with local_copy(task.source.url, context.source_options, workdir) as local_source:
                 local_name = str(local_source)
                 local_output = Path(workdir) / f"out{stage.options.extension}"
-                result = stage.process(local_source, local_output, segment=task.segment)
+                result = stage.process(
+                    local_source, local_output, _running_total(on_frames), segment=task.segment
+                )
             destination = open_location(context.destination_url, context.destination_options)
             key = task.output_key if task.segment is None else task.part_key(context.run_id)
             row.output_url = put_file(local_output, destination, key)
@@ -130,6 +138,20 @@ def process_task(
         row.error_type, row.error_message = type(exc).__name__, message[:2000]
     row.finished_at = datetime.now(UTC)
     return TaskResult(task, row, frames, unexpected)
+
+
+def _running_total(on_frames: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """The stage reports each chunk's frames; callers want the total so far."""
+    if on_frames is None:
+        return None
+    total = 0
+
+    def add(count: int) -> None:
+        nonlocal total
+        total += count
+        on_frames(total)
+
+    return add
 
 
 def _upload_thumbnail(result: VideoResult, task: VideoTask, context: RunContext) -> None:

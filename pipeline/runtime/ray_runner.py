@@ -31,6 +31,7 @@ from pipeline.job.manifest import VideoRow
 from pipeline.job.plan import VideoTask
 from pipeline.job.worker import RunContext, TaskResult, process_task
 from pipeline.runtime.ray_connect import connect
+from pipeline.runtime.runners import FramesCallback
 from pipeline.stage.config import StageConfig
 from pipeline.stage.derain import DerainStage
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # First wait before a video whose worker was killed for memory is tried again (doubles).
 OOM_BACKOFF_S = 5.0
+# How often the driver asks busy workers how many frames their videos have so far.
+PROGRESS_EVERY_S = 2.0
 # How long new workers may wait for Ray to place them (an autoscaler adding a node takes
 # minutes); DERAIN_ACTOR_START_TIMEOUT_S overrides it.
 START_TIMEOUT_S = 600.0
@@ -78,6 +81,7 @@ class DerainActor:
         self.stage = DerainStage(config)
         self.stage.setup()
         self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+        self.frames_so_far: dict[str, int] = {}  # task id -> frames written, while it runs
 
     def info(self) -> dict[str, str]:
         return {
@@ -88,8 +92,18 @@ class DerainActor:
             "pid": os.getpid(),
         }
 
+    def progress(self) -> dict[str, int]:
+        """Frames written so far by each video this actor is working on."""
+        return dict(self.frames_so_far)
+
     def process(self, task: VideoTask, context: RunContext):
-        return process_task(self.stage, task, context, worker=self.name)
+        def report(count: int) -> None:
+            self.frames_so_far[task.task_id] = count
+
+        try:
+            return process_task(self.stage, task, context, worker=self.name, on_frames=report)
+        finally:
+            self.frames_so_far.pop(task.task_id, None)
 
 
 class RayRunner:
@@ -190,8 +204,14 @@ class RayRunner:
     def actor_pids(self) -> list[int]:
         return [info["pid"] for info in ray.get([a.info.remote() for a in self.actors])]
 
-    def run(self, tasks: list[VideoTask], context: RunContext) -> Iterator[TaskResult]:
+    def run(
+        self,
+        tasks: list[VideoTask],
+        context: RunContext,
+        on_frames: FramesCallback | None = None,
+    ) -> Iterator[TaskResult]:
         queue = list(reversed(tasks))
+        asked_at = time.monotonic()
         attempts: dict[str, int] = {}
         in_flight: dict[Any, tuple[VideoTask, int]] = {}  # ref -> (task, worker slot)
         delayed: list[tuple[float, VideoTask]] = []  # (not before, task): OOM backoff
@@ -209,6 +229,11 @@ class RayRunner:
             if not in_flight:
                 time.sleep(wait_s or 0.0)
                 continue
+            if on_frames:  # wake up to ask the workers how far their videos are
+                wait_s = min(wait_s if wait_s is not None else PROGRESS_EVERY_S, PROGRESS_EVERY_S)
+                if time.monotonic() - asked_at >= PROGRESS_EVERY_S:
+                    self._report_progress(in_flight, on_frames)
+                    asked_at = time.monotonic()
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             if not ready:
                 continue
@@ -241,6 +266,22 @@ class RayRunner:
                 queue.append(task)
                 continue
             yield result
+
+    def _report_progress(self, in_flight: dict, on_frames: FramesCallback) -> None:
+        """Hand ``on_frames`` each running video's frames so far (best effort: a busy or
+        restarting worker that does not answer within a few seconds is asked next time)."""
+        running = {task.task_id: task for task, _ in in_flight.values()}
+        slots = sorted({slot for _, slot in in_flight.values()})
+        refs = [self.actors[slot].progress.remote() for slot in slots]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=5)
+        for ref in done:
+            try:
+                counts = ray.get(ref)
+            except (RayActorError, WorkerCrashedError):
+                continue  # its video comes back as a failed task and is redone
+            for task_id, count in counts.items():
+                if task_id in running:
+                    on_frames(running[task_id], count)
 
     def _revive(self, slot: int) -> None:
         """Wait for the worker in ``slot`` to come back; one Ray will not restart any more

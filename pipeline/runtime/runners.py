@@ -8,7 +8,7 @@ recorded once. :func:`build_runner` is what ``derain run`` and the ``derain-arch
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -21,10 +21,19 @@ from pipeline.stage.derain import DerainStage
 RUNNER_KINDS = ("ray", "sequential")
 
 
+# on_frames(task, frames written so far): a task's progress while it runs.
+FramesCallback = Callable[[VideoTask, int], None]
+
+
 class Runner(Protocol):
     description: str
 
-    def run(self, tasks: list[VideoTask], context: RunContext) -> Iterator[TaskResult]: ...
+    def run(
+        self,
+        tasks: list[VideoTask],
+        context: RunContext,
+        on_frames: FramesCallback | None = None,
+    ) -> Iterator[TaskResult]: ...
 
     def close(self) -> None: ...
 
@@ -65,9 +74,15 @@ class SequentialRunner:
         self.stage.setup()
         self.description = f"sequential on {self.stage.device}"
 
-    def run(self, tasks: list[VideoTask], context: RunContext) -> Iterator[TaskResult]:
+    def run(
+        self,
+        tasks: list[VideoTask],
+        context: RunContext,
+        on_frames: FramesCallback | None = None,
+    ) -> Iterator[TaskResult]:
         for task in tasks:
-            yield process_task(self.stage, task, context, worker="local")
+            report = (lambda n, task=task: on_frames(task, n)) if on_frames else None
+            yield process_task(self.stage, task, context, worker="local", on_frames=report)
 
     def close(self) -> None:
         pass
