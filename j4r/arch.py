@@ -202,9 +202,17 @@ class RainPresence(nn.Module):
     network first leaves it as it was.
     """
 
-    def __init__(self, *, channels: int, hidden: int = 32, evidence_channels: int = 16):
+    def __init__(
+        self,
+        *,
+        channels: int,
+        hidden: int = 32,
+        evidence_channels: int = 16,
+        persistence: bool = False,
+    ):
         super().__init__()
-        self.in_channels = 2 * channels + 4
+        self.persistence = persistence
+        self.in_channels = 2 * channels + 4 + (2 if persistence else 0)
         self.body = nn.Sequential(
             nn.Conv2d(self.in_channels, hidden, kernel_size=1),
             nn.ReLU(),
@@ -222,10 +230,15 @@ class RainPresence(nn.Module):
         alpha_logits: torch.Tensor,
         gate_logits: torch.Tensor,
         change: torch.Tensor,
+        persistence: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """What the evidence sees per pixel: ``(b, 2 channels + 4, h, w)``."""
+        """What the evidence sees per pixel: ``(b, 2 channels + 4, h, w)``, plus the change's
+        persistent and new parts (:func:`change_persistence`) when the head takes them."""
         gate = torch.sigmoid(gate_logits)
-        return torch.cat([removal_hidden, reconstruction_hidden, alpha_logits, gate, change], 1)
+        parts = [removal_hidden, reconstruction_hidden, alpha_logits, gate, change]
+        if persistence is not None:
+            parts += [p.to(change.dtype) for p in persistence]
+        return torch.cat(parts, 1)
 
     def evidence(self, inputs: torch.Tensor) -> torch.Tensor:
         """Per-pixel evidence ``(b, evidence_channels, h, w)``, non-negative."""
@@ -271,6 +284,30 @@ def apply_presence(
 
 
 PRESENCE_STATE_CHANNELS = 2  # the running average's sum and weight
+PERSISTENCE_STATE_CHANNELS = 2  # the previous frame's |change|, and "a frame was seen"
+# A change counts as persistent where the previous frame changed within this window: what the
+# camera moved by a pixel or so is still the same structure; a falling drop is long gone.
+PERSISTENCE_WINDOW = 3
+
+
+def change_persistence(
+    change: torch.Tensor, state: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Split this frame's local change ``|B̂_local − O|`` (b, 1, h, w) into the part that was
+    already there a frame ago, within :data:`PERSISTENCE_WINDOW` (a pole, a window grid, an
+    edge the network keeps touching), and the new part (rain: streaks are somewhere else in
+    every frame). Both non-negative, they add up to ``|change|``.
+
+    ``state (b, 2, h, w)``: the previous frame's ``|change|`` and a flag that one was seen
+    (zeros for a new clip, whose first frame counts as all persistent: no evidence of rain
+    from the time axis yet). Per pixel and local, so tiles with an overlap compute it exactly.
+    """
+    size = change.abs().float()
+    previous, seen = state[:, :1].float(), state[:, 1:2].float()
+    previous = seen * previous + (1.0 - seen) * size
+    nearby = F.max_pool2d(previous, PERSISTENCE_WINDOW, stride=1, padding=PERSISTENCE_WINDOW // 2)
+    persistent = torch.minimum(size, nearby)
+    return (persistent, size - persistent), torch.cat([size, torch.ones_like(size)], dim=1)
 
 
 def smooth_presence(
@@ -336,6 +373,7 @@ class J4RNet(nn.Module):
         rain_presence: bool = False,
         presence_smoothing: float = 0.0,
         presence_ramp: tuple[float, float] = (0.0, 1.0),
+        presence_persistence: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -346,7 +384,11 @@ class J4RNet(nn.Module):
         self.cnet = CNet(channels=channels, blocks=cnet_blocks)
         self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
         self.gate = RainGate(channels=channels) if rain_gate else None
-        self.presence = RainPresence(channels=channels) if rain_presence else None
+        self.presence = (
+            RainPresence(channels=channels, persistence=presence_persistence)
+            if rain_presence
+            else None
+        )
         if not 0.0 <= presence_smoothing < 1.0:
             raise ValueError(f"presence_smoothing must be in [0, 1), not {presence_smoothing}")
         self.presence_smoothing = presence_smoothing
@@ -358,8 +400,12 @@ class J4RNet(nn.Module):
     @property
     def memory_channels(self) -> int:
         """Channels of the memory tensor: the GRU's, plus two for the presence head's running
-        average (its sum and its weight, each constant over the frame) when there is one."""
-        return self.channels + (PRESENCE_STATE_CHANNELS if self.presence is not None else 0)
+        average (its sum and its weight, each constant over the frame) when there is one, and
+        two for the previous frame's change when the head looks at its persistence."""
+        if self.presence is None:
+            return self.channels
+        extra = PERSISTENCE_STATE_CHANNELS if self.presence.persistence else 0
+        return self.channels + PRESENCE_STATE_CHANNELS + extra
 
     def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
         """Empty memory for a batch shaped like ``luma (b, 1, h, w)``."""
@@ -373,7 +419,12 @@ class J4RNet(nn.Module):
 
     def step(self, luma: torch.Tensor, memory: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
         """One frame ``O_t (b, 1, h, w)`` with memory ``H_{t-1}`` -> outputs and ``H_t``."""
-        memory, presence_state = memory[:, : self.channels], memory[:, self.channels :]
+        split = self.channels + PRESENCE_STATE_CHANNELS
+        memory, presence_state, change_state = (
+            memory[:, : self.channels],
+            memory[:, self.channels : split],
+            memory[:, split:],
+        )
         features = self.features(luma)
         alpha_logits = self.dnet(features, memory)
         memory = self.fnet(features, memory, alpha_logits)
@@ -393,9 +444,17 @@ class J4RNet(nn.Module):
         if self.presence is None:
             presence_logits = luma.new_full((luma.shape[0], 1), OPEN_GATE_LOGIT)
         else:
+            persistence = None
+            if self.presence.persistence:
+                persistence, change_state = change_persistence(local - luma, change_state)
             evidence = self.presence.evidence(
                 self.presence.inputs(
-                    removal_hidden, reconstruction_hidden, alpha_logits, gate_logits, local - luma
+                    removal_hidden,
+                    reconstruction_hidden,
+                    alpha_logits,
+                    gate_logits,
+                    local - luma,
+                    persistence,
                 )
             )
             frame_logits = self.presence.decide(self.presence.pool(evidence))
@@ -403,7 +462,7 @@ class J4RNet(nn.Module):
                 frame_logits, presence_state, self.presence_smoothing
             )
             background = apply_presence(luma, local, presence_logits, self.presence_ramp)
-            memory = torch.cat([memory.float(), presence_state], dim=1)
+            memory = torch.cat([memory.float(), presence_state, change_state.float()], dim=1)
         out = StepOutput(
             background, streaks, alpha_logits, detail, gate_logits, presence_logits, local
         )

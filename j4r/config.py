@@ -32,6 +32,10 @@ class NetConfig:
     # P(rain) -> share of the change a frame gets: 0 up to lo (left bit for bit), 1 from hi,
     # linear between; (0, 1) applies P(rain) itself.
     presence_ramp: tuple[float, float] = (0.0, 1.0)
+    # The presence head also sees, per pixel, how much of the local change was already there a
+    # frame ago (a pole the camera pans over) and how much is new (rain falls): two memory
+    # channels more.
+    presence_persistence: bool = False
 
 
 @dataclass(frozen=True)

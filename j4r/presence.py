@@ -197,27 +197,39 @@ def with_presence_head(
     *,
     smoothing: float | None = None,
     ramp: tuple[float, float] | None = None,
+    persistence: bool | None = None,
     device: str = "cpu",
 ):
     """The checkpoint in ``folder`` as a network with a presence head (its own when it has
     one, else a fresh one), frozen in eval mode; returns ``(model, info)``. ``smoothing``
     sets the head's time smoothing and ``ramp`` how P(rain) scales the change (None: the
-    checkpoint's, or the defaults for a new head)."""
-    from j4r.checkpoint import read_info
+    checkpoint's, or the defaults for a new head); ``persistence`` whether the head sees the
+    change's persistence (a head that did not is replaced by a fresh one, the rest kept)."""
+    from j4r.checkpoint import load_checkpoint, read_info
     from j4r.model import build_model
     from j4r.train import initialise_from
 
     info = read_info(folder)
     if smoothing is None:
         smoothing = info.net.presence_smoothing
+    if persistence is None:
+        persistence = info.net.presence_persistence
     net = dataclasses.replace(
         info.net,
         rain_presence=True,
         presence_smoothing=smoothing,
         presence_ramp=info.net.presence_ramp if ramp is None else tuple(ramp),
+        presence_persistence=persistence,
     )
     model = build_model(net)
-    initialise_from(model, folder, net)
+    if persistence == info.net.presence_persistence:
+        initialise_from(model, folder, net)
+    else:  # the head's inputs change: a new head on the checkpoint's trunk
+        source, _ = load_checkpoint(folder)
+        trunk = {k: v for k, v in source.state_dict().items() if not k.startswith("presence.")}
+        missing, unexpected = model.load_state_dict(trunk, strict=False)
+        if unexpected or any(not key.startswith("presence.") for key in missing):
+            raise ValueError(f"{folder}: weights do not fit: {missing + unexpected}")
     return model.to(device).eval(), dataclasses.replace(info, net=net)
 
 

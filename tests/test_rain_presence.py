@@ -24,11 +24,11 @@ def clip(seed=1, t=4, h=17, w=21):
     return torch.rand(1, t, 1, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def present_tiny(seed=0, smoothing=0.0, ramp=(0.0, 1.0)):
+def present_tiny(seed=0, smoothing=0.0, ramp=(0.0, 1.0), persistence=False):
     torch.manual_seed(seed)
     net = net_config(
         "tiny", rain_gate=True, rain_presence=True, presence_smoothing=smoothing,
-        presence_ramp=ramp,
+        presence_ramp=ramp, presence_persistence=persistence,
     )  # fmt: skip
     return build_model(net).eval()
 
@@ -82,12 +82,16 @@ def test_the_presence_target_is_whether_the_rain_costs_more_than_the_threshold()
     assert rain_present(rainy, clean, threshold_db=45).flatten().tolist() == [0.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("ramp", [(0.0, 1.0), (0.3, 0.7)])
+@pytest.mark.parametrize(
+    ("ramp", "persistence"), [((0.0, 1.0), False), ((0.3, 0.7), False), ((0.3, 0.7), True)]
+)
 @torch.no_grad()
-def test_tiles_reach_the_whole_frame_presence_decision(ramp):
+def test_tiles_reach_the_whole_frame_presence_decision(ramp, persistence):
     """Tiled and whole frames agree although each tile alone would decide differently: the
-    frame's decision comes from all tiles, and the scale is applied once to the blend."""
-    model = present_tiny(seed=4, smoothing=0.6, ramp=ramp)
+    frame's decision comes from all tiles, and the scale is applied once to the blend. With
+    persistence, each tile's memory carries its previous change (the overlap covers the
+    window), so the time cue is exact too."""
+    model = present_tiny(seed=4, smoothing=0.6, ramp=ramp, persistence=persistence)
     # A decision that depends on the content, near its steepest point.
     model.presence.decision.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
     model.presence.decision.bias.zero_()
@@ -287,3 +291,55 @@ def test_derain_run_records_each_frames_rain_probability(tmp_path):
         assert [r["rain_probability"] for r in rows] == pytest.approx([expected] * 4, abs=1e-4)
         (video,) = read_table(location, "videos", videos_schema()).to_pylist()
         assert video["tiles"] == (2 if out == "tiled" else 1)
+
+
+def test_change_persistence_splits_a_structure_from_what_is_new():
+    from j4r.arch import PERSISTENCE_STATE_CHANNELS, change_persistence
+
+    state = torch.zeros(1, PERSISTENCE_STATE_CHANNELS, 12, 12)
+    pole = torch.zeros(1, 1, 12, 12)
+    pole[..., 4] = 0.3  # a column the network keeps changing
+    (persistent, new), state = change_persistence(pole, state)
+    assert torch.equal(persistent, pole.abs()) and not new.any()  # first frame: no time cue
+    moved = torch.roll(pole, 1, dims=-1)  # the camera moved by a pixel: the same structure
+    moved[..., 2, 9] = -0.5  # and a drop appeared elsewhere
+    (persistent, new), state = change_persistence(moved, state)
+    assert torch.allclose(persistent + new, moved.abs())
+    assert torch.allclose(persistent[..., 5], torch.full((1, 1, 12), 0.3))
+    assert new[..., 2, 9] == 0.5 and new.sum() == 0.5  # only the drop is new
+    (persistent, new), state = change_persistence(torch.zeros_like(moved), state)
+    assert not persistent.any() and not new.any()
+
+
+@torch.no_grad()
+def test_a_persistence_head_carries_its_time_cue_across_chunks_and_keeps_the_trunk():
+    plain, timed = present_tiny(seed=3), present_tiny(seed=3, persistence=True)
+    assert timed.memory_channels == timed.channels + 4
+    assert timed.presence.in_channels == plain.presence.in_channels + 2
+    trunk = {k: v for k, v in plain.state_dict().items() if not k.startswith("presence.")}
+    timed.load_state_dict(trunk, strict=False)
+    timed.presence.decision.weight.normal_(0, 50, generator=torch.Generator().manual_seed(2))
+    x = clip(seed=7, t=6)
+    out, _ = timed(x)
+    raw, _ = plain(x)
+    torch.testing.assert_close(out.local_background, raw.local_background)  # head only
+    first, memory = timed(x[:, :2])
+    second, _ = timed(x[:, 2:], memory)
+    torch.testing.assert_close(
+        torch.cat([first.presence_logits, second.presence_logits], 1), out.presence_logits
+    )
+    # The cue depends on the previous frame: the same frame after another one decides anew.
+    alone, _ = timed(x[:, 3:4])
+    assert not torch.allclose(alone.presence_logits[:, 0], out.presence_logits[:, 3])
+
+
+def test_with_presence_head_replaces_a_head_that_did_not_see_persistence(tiny_checkpoint):
+    from j4r.checkpoint import load_checkpoint
+    from j4r.presence import with_presence_head
+
+    model, info = with_presence_head(tiny_checkpoint, persistence=True)
+    assert info.net.presence_persistence and model.presence.persistence
+    source, _ = load_checkpoint(tiny_checkpoint)
+    for key, value in source.state_dict().items():
+        if not key.startswith("presence."):
+            assert torch.equal(model.state_dict()[key], value), key

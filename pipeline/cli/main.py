@@ -286,6 +286,12 @@ def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
         "bit), all from HI, linear between; 0,1 applies P(rain) itself (unset: the "
         "checkpoint's; 0,1 for a new head)",
     )  # fmt: skip
+    p.add_argument(
+        "--persistence", action=argparse.BooleanOptionalAction,
+        help="the head also sees how much of each pixel's change was there a frame ago (a "
+        "structure) and how much is new (rain); changing it fits a new head (unset: the "
+        "checkpoint's; off for a new head)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=15, help="passes over the samples")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument(

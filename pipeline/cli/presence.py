@@ -31,7 +31,7 @@ def fit_presence_command(args: argparse.Namespace) -> int:
     with usage_errors(ValueError, OSError, CheckpointError):
         clips = clip_config(args.overrides)
         model, info = presence.with_presence_head(
-            checkpoint, smoothing=args.smoothing, ramp=args.ramp
+            checkpoint, smoothing=args.smoothing, ramp=args.ramp, persistence=args.persistence
         )
         parts = [presence.load_samples(path) for path in args.samples]
     if args.threads:
