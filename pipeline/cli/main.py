@@ -172,7 +172,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", help="manifest root URL (unset: DST/_manifests)")
     p.add_argument("--force", action="store_true", help="redo videos a manifest marks done")
-    p.add_argument("--max-videos", type=int, help="process at most this many videos")
+    p.add_argument(
+        "--max-videos", type=int, help="process at most this many videos (unset: all of them)"
+    )
     _add_storage_arguments(p)
     p.add_argument(
         "--runner",
@@ -386,7 +388,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--runner",
         choices=["ray", "sequential"],
         default="ray",
-        help="ray (actors on --address, or on a local Ray) or sequential (in this process)",
+        help="ray (actors on --address, or on a local Ray sized to the machine) or sequential "
+        "(in this process)",
     )
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--workers", type=int, default=2, help="Ray actors (one model each)")
@@ -466,7 +469,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         default=48,
         help="frames of the short video (past x264's 40-frame lookahead, so both are steady)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     _add_precision(p)
     p.add_argument("--bf16-frames", type=int, default=3, help="frames of the bf16 model-only leg")
     p.add_argument(
