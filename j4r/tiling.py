@@ -175,9 +175,9 @@ def derain_tiled_frame(
     grid: TileGrid,
     memories: MutableSequence,
     *,
+    presence_ramp: tuple[float, float],
     device: str | torch.device = "cpu",
     band_rows: int = 256,
-    presence_ramp: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[torch.Tensor, TiledStats]:
     """De-rain one frame tile by tile; ``memories[i]`` is tile ``i``'s memory (None: empty)
     and is replaced by its new memory. Returns the RGB frame ``(h, w, 3)`` uint8 and stats.
@@ -192,7 +192,8 @@ def derain_tiled_frame(
     cores' share of the frame as weights (the head is affine in mean-pooled evidence, so this
     is the whole frame's logit up to the evidence near tile edges), and the frame's scale
     (:func:`j4r.arch.presence_scale` with the network's ``presence_ramp``) is applied once to
-    the blend.
+    the blend. ``presence_ramp`` has no default on purpose: the step hands back logits, not
+    the model, and a caller that left it out would scale tiled frames unlike whole ones.
     """
     h, w, _ = frame_hw3_u8.shape
     if (h, w) != (grid.height, grid.width):
