@@ -108,7 +108,10 @@ def process_task(
                 local_name = str(local_source)
                 local_output = Path(workdir) / f"out{stage.options.extension}"
                 result = stage.process(
-                    local_source, local_output, _running_total(on_frames), segment=task.segment
+                    local_source,
+                    local_output,
+                    on_frames=_running_total(on_frames),
+                    segment=task.segment,
                 )
             destination = open_location(context.destination_url, context.destination_options)
             key = task.output_key if task.segment is None else task.part_key(context.run_id)
