@@ -145,17 +145,19 @@ class RayRunner:
             )
             .remote(config)
         )
-        self.actors = []
-        self.actors = self._start([self._new_actor() for _ in range(workers)])
-        self.info = ray.get(self.actors[0].info.remote())
+        actors = [self._new_actor() for _ in range(workers)]
+        self.info = self._start(actors)[0]
+        self.actors = actors
         self.description = (
             f"ray, {workers} actor(s) x {self.clips_per_worker} clip(s) on {self.info['device']}"
         )
 
-    def _start(self, actors: list) -> list:
-        """Wait until ``actors`` answer; a stage that cannot load, or actors Ray cannot place
-        within ``start_timeout_s``, stop the run with one line saying why."""
-        pending = {actor.info.remote(): actor for actor in actors}
+    def _start(self, actors: list) -> list[dict]:
+        """Wait until ``actors`` answer and return their ``info()``; a stage that cannot load,
+        or actors Ray cannot place within ``start_timeout_s``, stop the run with one line
+        saying why (the actors are killed)."""
+        pending = {actor.info.remote(): index for index, actor in enumerate(actors)}
+        infos: dict[int, dict] = {}
         deadline = time.monotonic() + self.start_timeout_s
         warned = False
         try:
@@ -165,20 +167,17 @@ class RayRunner:
                     raise WorkersUnplaceable(self._unplaceable(len(pending)))
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(left, 15))
                 for ref in ready:
-                    pending.pop(ref)
-                    ray.get(ref)
+                    infos[pending.pop(ref)] = ray.get(ref)
                 if pending and not warned:
                     logger.warning("waiting for Ray to place workers: %s", self._needs())
                     warned = True
-        except RayActorError as exc:  # the stage could not load in the actor
+        except BaseException as exc:
             for actor in actors:
                 ray.kill(actor)
-            raise stage_error(exc) from exc
-        except WorkersUnplaceable:
-            for actor in actors:
-                ray.kill(actor)
+            if isinstance(exc, RayActorError):  # the stage could not load in the actor
+                raise stage_error(exc) from exc
             raise
-        return actors
+        return [infos[index] for index in range(len(actors))]
 
     def _needs(self) -> str:
         need = f"{self.resources.cpus:g} CPU"
@@ -296,7 +295,9 @@ class RayRunner:
         self.replacements_left -= 1
         logger.warning("a worker is gone for good (out of restarts); starting a new one")
         ray.kill(self.actors[slot])
-        self.actors[slot] = self._start([self._new_actor()])[0]
+        actor = self._new_actor()
+        self._start([actor])
+        self.actors[slot] = actor
 
     def _out_of_memory(self, task: VideoTask, context: RunContext, count: int) -> TaskResult:
         now = datetime.now(UTC)
