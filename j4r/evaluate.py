@@ -138,6 +138,34 @@ def j4r_method(model: J4RNet) -> Method:
     return run
 
 
+def j4r_ablation_methods(model: J4RNet) -> dict[str, Method]:
+    """The same network with a part switched off, to tell where a loss comes from.
+
+    ``presence off``: every frame gets the whole local change (``B̂_local``), as if the
+    presence head judged it rainy; ``gate open``: the joint estimate ``B̃`` itself, every
+    pixel changed (recovered from ``B̂_local = O + σ(g)(B̃ − O)``). If even ``gate open``
+    gains little on a set, the removal itself (the trunk) fails there, not the decisions
+    about where and when to apply it.
+    """
+
+    def variant(open_gate: bool) -> Method:
+        @torch.inference_mode()
+        def run(rainy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            ycbcr = rgb_to_ycbcr(rainy)
+            luma = ycbcr[:, :1]
+            out, _ = model(luma[None])
+            local = out.local_background[0].float()
+            if open_gate:  # σ(g) under 1e-4 leaves B̃ unknowable there: keep the input
+                share = torch.sigmoid(out.gate_logits[0].float())
+                local = torch.where(share > 1e-4, luma + (local - luma) / share, luma)
+            alpha = torch.softmax(out.alpha_logits[0].float(), dim=1)[:, 1:]
+            return with_luma(ycbcr, local.clamp(0, 1)), alpha
+
+        return run
+
+    return {"J4R-Net, presence off": variant(False), "J4R-Net, gate open": variant(True)}
+
+
 SETS = ("light", "heavy", "foreign-light", "foreign-heavy", "clean")
 # Sets whose reference is the input itself: the score says how much the method changed it.
 NO_HARM_SETS = ("clean",)
@@ -266,8 +294,11 @@ def evaluate(
     frames: int = 24,
     crop: int = 192,
     sets: tuple[str, ...] = SETS,
+    ablations: bool = False,
 ) -> dict:
     """Scores of every method on every set: ``{set: {method: {metric: value}}}``.
+
+    ``ablations`` adds :func:`j4r_ablation_methods` (two more runs of the network per clip).
 
     ``clean`` scores the output against the input (no rain: the ideal output is the input),
     so "rainy input" is left out there; the other sets also get gains over the input.
@@ -279,6 +310,8 @@ def evaluate(
     if single is not None:
         methods["single-frame (stage 1)"] = single_frame_method(single)
     methods["J4R-Net"] = j4r_method(j4r)
+    if ablations:
+        methods.update(j4r_ablation_methods(j4r))
     results: dict[str, dict[str, dict]] = {}
     for name in sets:
         clips = build_set(name, frames=frames, crop=crop)

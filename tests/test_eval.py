@@ -99,3 +99,45 @@ def test_pooled_psnr_and_unchanged_frames_are_not_inflated_by_identical_frames()
     assert result["pooled_psnr_rgb"] == pytest.approx(one_frame + 10 * math.log10(4))
     assert result["worst_pooled_psnr_rgb"] == result["pooled_psnr_rgb"]
     assert result["unchanged_frames"] == 0.75
+
+
+def _share_apart(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).abs() > 1e-4).float().mean())
+
+
+def test_ablations_switch_off_the_presence_head_and_the_gate_and_nothing_else(small_sets):
+    from j4r.checkpoint import load_checkpoint
+    from j4r.color import rgb_to_ycbcr
+    from j4r.evaluate import j4r_ablation_methods, j4r_method
+
+    # Grey, so that going back to RGB clips nothing the luma does not clip.
+    rainy = small_sets["light"][0].rainy.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    # A network without gate or presence head: the ablations are the network itself.
+    torch.manual_seed(0)
+    tiny = build_model(net_config("tiny")).eval()
+    plain = j4r_method(tiny)(rainy)[0]
+    for method in j4r_ablation_methods(tiny).values():
+        torch.testing.assert_close(method(rainy)[0], plain, rtol=0, atol=1e-6)
+    # The shipped network has both: "presence off" is B̂_local, and "gate open" is the B̃
+    # that the gate scales back into B̂_local.
+    model, _ = load_checkpoint()
+    luma = rgb_to_ycbcr(rainy)[:, :1]
+    with torch.inference_mode():
+        out, _ = model(luma[None])
+    ablated = j4r_ablation_methods(model)
+    local = rgb_to_ycbcr(ablated["J4R-Net, presence off"](rainy)[0])[:, :1]
+    assert _share_apart(local, out.local_background[0].clamp(0, 1)) < 1e-3
+    tilde = rgb_to_ycbcr(ablated["J4R-Net, gate open"](rainy)[0])[:, :1]
+    share = torch.sigmoid(out.gate_logits[0])
+    inside = (tilde > 1e-3) & (tilde < 1 - 1e-3)  # B̃ not clamped there
+    recomposed = luma + share * (tilde - luma)
+    assert _share_apart(recomposed[inside], out.local_background[0][inside]) < 1e-3
+    assert (tilde - luma).abs().mean() > (local - luma).abs().mean()  # the gate holds back
+
+
+def test_eval_with_ablations_adds_two_rows():
+    torch.manual_seed(0)
+    tiny = build_model(net_config("tiny")).eval()
+    results = evaluate(tiny, None, frames=3, crop=48, sets=("light",), ablations=True)
+    assert {"J4R-Net, presence off", "J4R-Net, gate open"} <= set(results["light"])
+    assert "gain_y" in results["light"]["J4R-Net, gate open"]

@@ -28,6 +28,7 @@ def eval_command(args: argparse.Namespace) -> int:
             crop=args.crop,
             sets=sets,
             precision=getattr(args, "precision", "fp32"),
+            ablations=getattr(args, "ablations", False),
         )
     write_evaluation(record, table, args.out)
     print(table)

@@ -367,6 +367,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="comma-separated test sets to score",
     )
     p.add_argument("--no-samples", action="store_true", help="skip the before/after PNGs")
+    p.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also score J4R-Net with its presence head off (every frame gets the whole "
+        "change) and with its gate open (every pixel changed): tells whether a loss comes from "
+        "the removal itself or from where and when it is applied (two more runs per clip)",
+    )
     _add_precision(p)
     p.set_defaults(handler=_lazy("pipeline.cli.eval:eval_command"))
 

@@ -19,12 +19,14 @@ def evaluate_checkpoint(
     crop: int,
     sets: tuple[str, ...] | None = None,
     precision: str = "fp32",
+    ablations: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """Score ``checkpoint`` (and its stage-1 model) on the test sets: (record, Markdown table).
 
     ``single_checkpoint`` defaults to ``checkpoint/stage1`` when that exists. ``precision``
     (auto, fp32, bf16; resolved for the CPU) runs both networks under that autocast, as
-    ``derain run`` does; the record says which one was used.
+    ``derain run`` does; the record says which one was used. ``ablations`` adds the network
+    with its presence head and its gate switched off (:func:`j4r.evaluate.j4r_ablation_methods`).
     """
     from j4r.evaluate import SETS, evaluate, markdown_table
     from j4r.model import AtPrecision
@@ -40,7 +42,9 @@ def evaluate_checkpoint(
         model = AtPrecision(model, resolved)
         single = AtPrecision(single, resolved) if single is not None else None
     started = time.monotonic()
-    results = evaluate(model, single, frames=frames, crop=crop, sets=sets or SETS)
+    results = evaluate(
+        model, single, frames=frames, crop=crop, sets=sets or SETS, ablations=ablations
+    )
     record = {
         "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
         "precision": resolved,
