@@ -124,13 +124,19 @@ def single_frame_method(model: J4RNet) -> Method:
     return run
 
 
+def _run_network(model: J4RNet, rainy: torch.Tensor):
+    """The network over a rainy RGB clip's luma: ``(YCbCr clip, outputs, P(α = 1))``."""
+    ycbcr = rgb_to_ycbcr(rainy)
+    out, _ = model(ycbcr[None, :, :1])
+    alpha = torch.softmax(out.alpha_logits[0].float(), dim=1)[:, 1:]
+    return ycbcr, out, alpha
+
+
 def j4r_method(model: J4RNet) -> Method:
     @torch.inference_mode()
     def run(rainy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ycbcr = rgb_to_ycbcr(rainy)
-        out, _ = model(ycbcr[None, :, :1])
+        ycbcr, out, alpha = _run_network(model, rainy)
         background = out.background[0].clamp(0, 1)
-        alpha = torch.softmax(out.alpha_logits[0], dim=1)[:, 1:]
         result = J4RRun((with_luma(ycbcr, background), alpha))
         result.rain = torch.sigmoid(out.presence_logits[0, :, 0].float())
         return result
@@ -151,14 +157,12 @@ def j4r_ablation_methods(model: J4RNet) -> dict[str, Method]:
     def variant(open_gate: bool) -> Method:
         @torch.inference_mode()
         def run(rainy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            ycbcr = rgb_to_ycbcr(rainy)
+            ycbcr, out, alpha = _run_network(model, rainy)
             luma = ycbcr[:, :1]
-            out, _ = model(luma[None])
             local = out.local_background[0].float()
             if open_gate:  # σ(g) under 1e-4 leaves B̃ unknowable there: keep the input
                 share = torch.sigmoid(out.gate_logits[0].float())
                 local = torch.where(share > 1e-4, luma + (local - luma) / share, luma)
-            alpha = torch.softmax(out.alpha_logits[0].float(), dim=1)[:, 1:]
             return with_luma(ycbcr, local.clamp(0, 1)), alpha
 
         return run
