@@ -63,6 +63,11 @@ class RainConfig:
     # over a bright sky such a streak barely shows or is darker, as real rain is.
     photometric: float = 0.0
     refracted_light: tuple[float, float] = (0.6, 1.0)  # L, drawn per clip
+    # Falling drops: 0 draws new drops in every frame (a drop falls far past its streak between
+    # frames); above 0 the same drops persist and move down their streak's axis by this many
+    # streak lengths per frame, wrapping round, so rain is a coherent sheet in motion.
+    fall: float = 0.0
+    flat_ends: bool = False  # streaks of even strength with hard ends instead of a soft taper
 
 
 RAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -105,6 +110,8 @@ class ClipConfig:
     sprite_probability: float = 0.5  # 1-3 objects moving independently of the camera
     night_fraction: float = 0.12  # dark exposures (gamma, low gain)
     photometric_probability: float = 0.0  # randomised rain with photometric streaks
+    falling_probability: float = 0.0  # randomised rain whose drops persist and fall across frames
+    downpour_probability: float = 0.0  # randomised rain made a downpour (dense long sheets, haze)
 
 
 @dataclass(frozen=True)

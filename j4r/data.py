@@ -133,7 +133,10 @@ class ClipSampler:
             weights = np.asarray(self.clip.rain_mix) / sum(self.clip.rain_mix)
             return clean, self.rain_presets[int(rng.choice(len(self.rain_presets), p=weights))]
         return clean, random_rain_config(
-            rng, photometric_probability=self.clip.photometric_probability
+            rng,
+            photometric_probability=self.clip.photometric_probability,
+            falling_probability=self.clip.falling_probability,
+            downpour_probability=self.clip.downpour_probability,
         )
 
     def batch(self, *, seed: int, step: int, batch_size: int, frames: int | None = None) -> Batch:

@@ -14,7 +14,7 @@ channel, which leaves CbCr unchanged except where values clip.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -61,29 +61,40 @@ def _splat_lines(
     angle_rad: float,
     angle_jitter_rad: float,
     per_pixel_peak: float,
+    fall: float = 0.0,
+    flat_ends: bool = False,
 ) -> np.ndarray:
     """Anti-aliased line segments splatted into ``(frames, h, w)`` float32 layers.
 
     ``per_pixel_peak`` scales the line's linear density so that after a Gaussian blur of
     width σ the line's centre reaches its sampled intensity (``sqrt(2π) σ`` for σ > 0.3).
+    With ``fall`` > 0 the same drops appear in every frame, each moved ``fall`` of its own
+    length further along its axis per frame (wrapping round the scatter box).
     """
     max_len = length[1]
     # Scatter centres over a box grown by the longest streak so borders get their share.
-    area = (height + max_len) * (width + max_len)
-    count = rng.poisson(density * area / 1e4 * frames)
+    box_h, box_w = height + max_len, width + max_len
     canvas = np.zeros(frames * height * width, dtype=np.float64)
-    if count == 0:
+    if fall > 0:
+        frame, cy, cx, seg_len, value, theta = _falling_drops(
+            rng, frames, box_h, box_w, density, length, intensity, angle_rad, angle_jitter_rad, fall
+        )
+        cy, cx = cy - max_len / 2, cx - max_len / 2
+    else:
+        count = rng.poisson(density * box_h * box_w / 1e4 * frames)
+        frame = rng.integers(0, frames, count)
+        cy = rng.uniform(-max_len / 2, height + max_len / 2, count)
+        cx = rng.uniform(-max_len / 2, width + max_len / 2, count)
+        seg_len = rng.uniform(*length, count)
+        value = rng.uniform(*intensity, count)
+        theta = angle_rad + rng.normal(0.0, angle_jitter_rad, count)
+    if frame.size == 0:
         return canvas.reshape(frames, height, width).astype(np.float32)
-    frame = rng.integers(0, frames, count)
-    cy = rng.uniform(-max_len / 2, height + max_len / 2, count)
-    cx = rng.uniform(-max_len / 2, width + max_len / 2, count)
-    seg_len = rng.uniform(*length, count)
-    value = rng.uniform(*intensity, count)
-    theta = angle_rad + rng.normal(0.0, angle_jitter_rad, count)
     points = max(2, math.ceil(max_len * 2))  # about two samples per pixel of the longest streak
     u = np.linspace(-0.5, 0.5, points)
-    # A soft taper at both ends: raindrop streaks fade in and out over the exposure.
-    envelope = np.clip(np.sin(np.pi * (u + 0.5)) * 1.6, 0.0, 1.0)
+    # A soft taper at both ends: raindrop streaks fade in and out over the exposure; a flat
+    # profile with hard ends is the other look (a drop crossing the whole exposure).
+    envelope = np.ones_like(u) if flat_ends else np.clip(np.sin(np.pi * (u + 0.5)) * 1.6, 0, 1)
     ys = cy[:, None] + np.cos(theta)[:, None] * seg_len[:, None] * u[None, :]
     xs = cx[:, None] + np.sin(theta)[:, None] * seg_len[:, None] * u[None, :]
     spacing = seg_len / (points - 1)
@@ -102,13 +113,50 @@ def _splat_lines(
     return canvas.reshape(frames, height, width).astype(np.float32)
 
 
+def _falling_drops(
+    rng: np.random.Generator,
+    frames: int,
+    box_h: float,
+    box_w: float,
+    density: float,
+    length: tuple[float, float],
+    intensity: tuple[float, float],
+    angle_rad: float,
+    angle_jitter_rad: float,
+    fall: float,
+) -> tuple[np.ndarray, ...]:
+    """Drops drawn once and moved down their axis frame by frame.
+
+    Returns ``(frame, cy, cx, length, value, θ)`` for every drop in every frame, the centres
+    wrapped into ``[0, box_h) × [0, box_w)`` (a drop leaving the box comes back in at the top).
+    """
+    count = rng.poisson(density * box_h * box_w / 1e4)
+    cy0, cx0 = rng.uniform(0, box_h, count), rng.uniform(0, box_w, count)
+    seg_len = rng.uniform(*length, count)
+    value = rng.uniform(*intensity, count)
+    theta = angle_rad + rng.normal(0.0, angle_jitter_rad, count)
+    step = seg_len * fall * rng.uniform(0.8, 1.2, count)  # drops differ a little in speed
+    t = np.arange(frames)[:, None]
+    cy = (cy0 + t * step * np.cos(theta)) % box_h
+    cx = (cx0 + t * step * np.sin(theta)) % box_w
+    return (
+        np.broadcast_to(t, cy.shape).ravel(),
+        cy.ravel(),
+        cx.ravel(),
+        np.tile(seg_len, frames),
+        np.tile(value, frames),
+        np.tile(theta, frames),
+    )
+
+
 def render_rain(
     config: RainConfig, *, frames: int, height: int, width: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rain for ``frames`` frames: additive streaks ``S``, occlusion ``α`` and reliance ``A``.
 
-    Each is ``(t, 1, h, w)`` float32; drops are independent per frame (a drop falls far further
-    than a streak's length between two frames), the wind angle is shared by the clip.
+    Each is ``(t, 1, h, w)`` float32; streak drops are independent per frame (a drop falls far
+    further than a streak's length between two frames) unless ``config.fall`` makes them
+    persist and fall; opaque drops are always independent. The wind angle is shared by the clip.
     """
     rng = np.random.default_rng(seed)
     wind = math.radians(rng.uniform(*config.angle_deg))
@@ -126,6 +174,8 @@ def render_rain(
             angle_rad=wind,
             angle_jitter_rad=jitter,
             per_pixel_peak=math.sqrt(2 * math.pi) * sigma if sigma > 0.3 else 1.0,
+            fall=config.fall,
+            flat_ends=config.flat_ends,
         )
         streaks += _gaussian_blur(torch.from_numpy(layer)[:, None], sigma)
     if config.sharp_lines > 0:
@@ -140,6 +190,8 @@ def render_rain(
             angle_rad=wind,
             angle_jitter_rad=jitter / 2,
             per_pixel_peak=1.0,
+            fall=config.fall,
+            flat_ends=config.flat_ends,
         )
         streaks += torch.from_numpy(sharp)[:, None]
     if config.sparkle > 0:
@@ -240,7 +292,11 @@ def add_rain(clean_tchw: torch.Tensor, config: RainConfig, *, seed: int) -> Rain
 
 
 def random_rain_config(
-    rng: np.random.Generator, *, photometric_probability: float = 0.0
+    rng: np.random.Generator,
+    *,
+    photometric_probability: float = 0.0,
+    falling_probability: float = 0.0,
+    downpour_probability: float = 0.0,
 ) -> RainConfig:
     """Domain-randomised rain for training: one style per clip, drizzle to downpour.
 
@@ -248,8 +304,11 @@ def random_rain_config(
     1-4 px, lengths, transparency and blur drawn per layer, and, some of the time, sharp line
     streaks, sparkle, opaque drops, a veil and drops on the lens; with
     ``photometric_probability``, streaks that partly or wholly blend toward refracted light
-    (drawn last, so that at 0 the configs are those of earlier training rounds). The fixed
-    ``light`` and ``heavy`` presets lie inside this range.
+    (drawn last, so that at 0 the configs are those of earlier training rounds); with
+    ``falling_probability``, drops that persist and fall across frames, half of them flat
+    streaks with hard ends; with ``downpour_probability``, a downpour (:func:`_downpour`). The
+    new draws come after all the others, so at 0 the configs are those of earlier rounds. The
+    fixed ``light`` and ``heavy`` presets lie inside this range.
     """
     strength = float(rng.uniform(0.0, 1.0))  # 0 drizzle .. 1 downpour
     angle = float(rng.uniform(-6, 6) if rng.random() < 0.4 else rng.uniform(-45, 45))
@@ -268,7 +327,7 @@ def random_rain_config(
     photometric = 0.0
     if photometric_probability > 0 and rng.random() < photometric_probability:
         photometric = float(rng.uniform(0.5, 1.0))
-    return RainConfig(
+    config = RainConfig(
         name="random",
         layers=tuple(layers),
         angle_deg=(angle, angle),
@@ -279,4 +338,37 @@ def random_rain_config(
         veil=float(rng.uniform(0.02, 0.12) * (0.3 + strength)) if chance[3] < 0.25 else 0.0,
         lens_drops=float(rng.uniform(0.3, 1.5)) if chance[4] < 0.12 else 0.0,
         photometric=photometric,
+    )
+    if falling_probability > 0 and rng.random() < falling_probability:
+        config = replace(config, fall=float(rng.uniform(0.3, 3.0)), flat_ends=rng.random() < 0.5)
+    if downpour_probability > 0 and rng.random() < downpour_probability:
+        config = _downpour(rng, config)
+    return config
+
+
+def _downpour(rng: np.random.Generator, config: RainConfig) -> RainConfig:
+    """Make ``config`` a downpour: its layers 1.5-4x denser and 1.2-2.5x longer, a dense
+    sheet of long faint streaks over everything, and usually a haze.
+
+    Streaks then change most of the frame (over flat grey: median 79 %, 10th percentile 53 %),
+    where the randomised rain otherwise changes a median 11 % and rarely over 40 %: the sheet
+    behind and the near streaks in front overlap, so few pixels show the background clean.
+    """
+    scale = float(rng.uniform(1.5, 4.0))
+    stretch = float(rng.uniform(1.2, 2.5))
+    layers = [
+        (density * scale, (lo * stretch, min(hi * stretch, 150.0)), sigma, intensity)
+        for density, (lo, hi), sigma, intensity in config.layers
+    ]
+    lo = float(rng.uniform(30, 70))
+    peak = float(rng.uniform(0.06, 0.25))
+    sheet = (float(rng.uniform(15, 90)), (lo, min(lo * 2.2, 150.0)), float(rng.uniform(0.3, 0.8)))
+    layers.insert(0, (*sheet, (peak * 0.5, peak)))
+    haze = float(rng.uniform(0.05, 0.35)) if rng.random() < 0.7 else config.veil
+    return replace(
+        config,
+        name="downpour",
+        layers=tuple(layers),
+        veil=max(config.veil, haze),
+        flat_ends=config.flat_ends or rng.random() < 0.5,
     )

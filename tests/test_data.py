@@ -15,9 +15,13 @@ from j4r.sources import CleanSource, package_dir, read_image_rgb
 
 
 @pytest.fixture(scope="module")
-def sampler():
+def sources():
     data = package_dir("skimage") / "data"
-    sources = [CleanSource(n, read_image_rgb(data / n)) for n in ("brick.png", "coffee.png")]
+    return [CleanSource(n, read_image_rgb(data / n)) for n in ("brick.png", "coffee.png")]
+
+
+@pytest.fixture(scope="module")
+def sampler(sources):
     return ClipSampler(sources, ClipConfig())
 
 
@@ -83,3 +87,18 @@ def test_structures_and_sprites_are_drawn_into_the_clean_target():
     # The objects move on their own: the changed region differs between first and last frame.
     first, last = (moved[0] - clip[0]).abs() > 0.01, (moved[-1] - clip[-1]).abs() > 0.01
     assert not torch.equal(first, last)
+
+
+def test_clip_settings_reach_the_randomised_rain(sources):
+    """``clip.downpour_probability`` and ``clip.falling_probability`` (``--set clip.…``) are
+    what the sampler's randomised rain draws with; by default neither is drawn."""
+    rainy_only = {"clean_fraction": 0.0, "preset_fraction": 0.0}
+    asked = ClipSampler(
+        sources, ClipConfig(**rainy_only, downpour_probability=1.0, falling_probability=1.0)
+    )
+    default = ClipSampler(sources, ClipConfig(**rainy_only))
+    rng = np.random.default_rng(0)
+    rains = [asked.clip_at(rng, 2)[1] for _ in range(6)]
+    assert all(r.name == "downpour" and r.fall > 0 for r in rains)
+    rains = [default.clip_at(rng, 2)[1] for _ in range(6)]
+    assert all(r.name == "random" and r.fall == 0 for r in rains)

@@ -103,3 +103,81 @@ def test_randomised_rain_draws_photometric_styles_only_when_asked():
     share = sum(c.photometric > 0 for c in drawn) / len(drawn)
     assert 0.35 < share < 0.65
     assert all(0.5 <= c.photometric <= 1.0 for c in drawn if c.photometric)
+
+
+def _frame_correlation(streaks):
+    a, b = streaks[0].flatten(), streaks[1].flatten()
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def test_falling_drops_persist_across_frames_where_default_drops_do_not():
+    import dataclasses
+
+    from j4r.config import RainConfig
+
+    still = dataclasses.replace(RainConfig(), angle_deg=(0.0, 0.0), angle_jitter_deg=0.0)
+    independent, _, _ = render_rain(still, frames=2, height=96, width=96, seed=1)
+    falling, _, _ = render_rain(
+        dataclasses.replace(still, fall=0.05), frames=2, height=96, width=96, seed=1
+    )
+    assert abs(_frame_correlation(independent)) < 0.2
+    assert _frame_correlation(falling) > 0.6  # the same drops, moved a twentieth of a length
+    # The drops move down (vertical rain): frame 1 matches frame 0 shifted down, not up.
+    down = torch.roll(falling[0], 1, dims=-2)
+    up = torch.roll(falling[0], -1, dims=-2)
+    assert ((falling[1] - down) ** 2).sum() < ((falling[1] - up) ** 2).sum()
+    # Per frame, falling rain is as dense as independent rain (same density per 10k px).
+    ratio = float(falling.sum() / independent.sum())
+    assert 0.7 < ratio < 1.4
+
+
+def test_flat_streaks_keep_their_strength_to_the_ends():
+    import dataclasses
+
+    from j4r.config import RainConfig
+
+    one = dataclasses.replace(
+        RainConfig(),
+        layers=((1.0, (40.0, 40.0), 0.3, (0.5, 0.5)),),
+        angle_deg=(0.0, 0.0),
+        angle_jitter_deg=0.0,
+    )
+    tapered, _, _ = render_rain(one, frames=1, height=128, width=128, seed=2)
+    flat, _, _ = render_rain(
+        dataclasses.replace(one, flat_ends=True), frames=1, height=128, width=128, seed=2
+    )
+    assert float(flat.max()) == pytest.approx(float(tapered.max()), abs=0.02)
+    # A taper loses about a fifth of a streak's mass to its soft ends; a flat streak none.
+    assert float(flat.sum()) > 1.15 * float(tapered.sum())
+
+
+def test_downpour_covers_most_of_the_frame_and_is_drawn_only_when_asked():
+    import dataclasses
+
+    import numpy as np
+
+    from j4r.rain import random_rain_config
+
+    def coverage(config, seed):
+        bare = dataclasses.replace(config, veil=0.0, lens_drops=0.0, occlusion=0.0, sparkle=0.0)
+        streaks, _, _ = render_rain(bare, frames=1, height=128, width=128, seed=seed)
+        return float((streaks > 0.02).float().mean())
+
+    old, new = np.random.default_rng(3), np.random.default_rng(3)
+    plain = [random_rain_config(old, photometric_probability=0.5) for _ in range(40)]
+    asked_none = [
+        random_rain_config(
+            new, photometric_probability=0.5, falling_probability=0.0, downpour_probability=0.0
+        )
+        for _ in range(40)
+    ]
+    assert plain == asked_none  # earlier rounds' clips stay reproducible
+    rng = np.random.default_rng(4)
+    downpours = [random_rain_config(rng, downpour_probability=1.0) for _ in range(30)]
+    assert all(c.name == "downpour" for c in downpours)
+    usual = [coverage(c, i) for i, c in enumerate(plain[:30])]
+    heavy = [coverage(c, i) for i, c in enumerate(downpours)]
+    assert np.median(heavy) > 0.6 > np.percentile(usual, 90)
+    falling = [random_rain_config(rng, falling_probability=0.5) for _ in range(200)]
+    share = sum(c.fall > 0 for c in falling) / len(falling)
+    assert 0.35 < share < 0.65
