@@ -193,41 +193,52 @@ def resume(
 # Heads beyond the paper that fine-tuning may add to a checkpoint that lacks them:
 # NetConfig field -> the module's state_dict prefix.
 ADDABLE_HEADS = {"rain_gate": "gate.", "rain_presence": "presence."}
+# The presence head only scales the finished local output, so the network under it can be
+# fine-tuned without it and a head fitted for the result afterwards (``derain fit-presence``).
+DROPPABLE_HEADS = {"rain_presence": "presence."}
+PRESENCE_SETTINGS = ("presence_smoothing", "presence_ramp", "presence_persistence")
 
 
-def check_init_from(folder: str | Path, net: NetConfig) -> list[str]:
-    """The heads ``net`` adds to the checkpoint in ``folder``; ``ValueError`` when the two
-    networks differ otherwise (a size, or dropping a head the checkpoint has)."""
+def check_init_from(folder: str | Path, net: NetConfig) -> tuple[list[str], list[str]]:
+    """The heads ``net`` adds to and drops from the checkpoint in ``folder``; ``ValueError``
+    when the two networks differ otherwise (a size, or dropping a gate)."""
     import dataclasses
 
     from j4r.checkpoint import read_info
 
     info = read_info(folder)
     added = [f for f in ADDABLE_HEADS if getattr(net, f) and not getattr(info.net, f)]
-    settings = {f: True for f in added}
+    dropped = [f for f in DROPPABLE_HEADS if getattr(info.net, f) and not getattr(net, f)]
+    settings = {f: getattr(net, f) for f in added + dropped}
     if net.rain_presence:  # smoothing and ramp are settings of the head, not weights
-        settings["presence_smoothing"] = net.presence_smoothing
-        settings["presence_ramp"] = net.presence_ramp
+        settings.update(presence_smoothing=net.presence_smoothing, presence_ramp=net.presence_ramp)
+    if dropped:  # the head stays behind with all its settings
+        settings.update({f: getattr(net, f) for f in PRESENCE_SETTINGS})
     if dataclasses.replace(info.net, **settings) != net:
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
-            " (set net.* to match it; only rain_gate and rain_presence may be added)"
+            " (set net.* to match it; only rain_gate and rain_presence may be added, and only"
+            " rain_presence dropped)"
         )
-    return added
+    return added, dropped
 
 
 def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[str, str]:
     """Copy a checkpoint's weights into ``model``; returns its identity.
 
     The network config must match, except that a checkpoint without a rain gate or a
-    presence head may start a network with one: the new head keeps its fresh initialisation
-    (nearly open, see :class:`j4r.arch.RainGate` and :class:`j4r.arch.RainPresence`).
+    presence head may start a network with one (the new head keeps its fresh initialisation:
+    nearly open, see :class:`j4r.arch.RainGate` and :class:`j4r.arch.RainPresence`), and that
+    a checkpoint's presence head may be left behind (to fine-tune the network and fit a head
+    for it afterwards).
     """
     from j4r.checkpoint import load_checkpoint
 
-    added = check_init_from(folder, net)
+    added, dropped = check_init_from(folder, net)
     source, info = load_checkpoint(folder)
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=not added)
+    left_behind = tuple(DROPPABLE_HEADS[f] for f in dropped)
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith(left_behind)}
+    missing, unexpected = model.load_state_dict(state, strict=not added)
     new_prefixes = tuple(ADDABLE_HEADS[f] for f in added)
     if unexpected or any(not key.startswith(new_prefixes) for key in missing):
         raise ValueError(f"--init-from {folder}: weights do not fit: {missing + unexpected}")

@@ -73,6 +73,25 @@ def test_fine_tuning_adds_a_presence_head_to_a_checkpoint_without_one(tmp_path):
     assert groups[-1]["params"] == list(model.presence.parameters())
 
 
+def test_fine_tuning_may_leave_a_checkpoints_presence_head_behind(tmp_path):
+    """The network under a shipped head is fine-tuned without it (the head is fitted again
+    for the result): every other weight is copied; the gate still cannot be dropped."""
+    torch.manual_seed(4)
+    full = net_config("tiny", rain_gate=True, rain_presence=True, presence_ramp=(0.25, 0.75))
+    source = build_model(full)
+    save_checkpoint(source, tmp_path / "ck", name="j4r-tiny", version="t", net=full)
+    net = net_config("tiny", rain_gate=True)
+    model = build_model(net)
+    initialise_from(model, tmp_path / "ck", net)
+    assert model.presence is None
+    for key, value in model.state_dict().items():
+        assert torch.equal(source.state_dict()[key], value), key
+    x = torch.rand(1, 3, 1, 16, 16)
+    torch.testing.assert_close(model(x)[0].local_background, source(x)[0].local_background)
+    with pytest.raises(ValueError, match="differs"):
+        initialise_from(build_model(net_config("tiny")), tmp_path / "ck", net_config("tiny"))
+
+
 def test_the_presence_target_is_whether_the_rain_costs_more_than_the_threshold():
     clean = torch.rand(1, 3, 1, 40, 40)
     rainy = clean.clone()
