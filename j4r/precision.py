@@ -1,7 +1,10 @@
 """Numeric precision: where bf16 is fast and safe, and the autocast context that uses it.
 
-``auto`` picks bf16 on CUDA devices that support it and on CPUs with AMX or AVX512-BF16 (their
-bf16 matmul and convolution run several times faster than fp32), and fp32 everywhere else.
+``auto`` picks bf16 on CUDA devices that support it and on CPUs with AMX (their bf16 matmul and
+convolution run several times faster than fp32), and fp32 everywhere else. AVX512-BF16 alone
+does not pay: measured on a 2-core Intel Xeon with it and without AMX (``derain bench``,
+2026-12-07), bf16 ran the model at 0.85x fp32's frames/s and its matmul ceiling was 165
+against 269 GFLOP/s.
 Weights, optimizer state and the recurrent memory between frames stay fp32: autocast only
 lowers the precision inside each convolution.
 """
@@ -13,12 +16,12 @@ import functools
 from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16")
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_FLAGS = ("amx_bf16",)  # avx512_bf16 alone measured slower than fp32 (see above)
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX-BF16 or AVX512-BF16 units (read once from /proc/cpuinfo)."""
+    """True when the CPU has AMX-BF16 units (read once from /proc/cpuinfo)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

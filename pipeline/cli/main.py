@@ -127,7 +127,7 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16"],
         default="auto",
         help="network precision: auto is bf16 on CUDA with bf16 and on CPUs with AMX "
-        "or AVX512-BF16, fp32 elsewhere (bf16 is far slower than fp32 on other CPUs)",
+        "(not AVX512-BF16 alone: measured slower), fp32 elsewhere",
     )
 
 
@@ -231,7 +231,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--device",
         default="auto",
         help="auto, cpu or cuda; the autocast precision is --set precision=auto|fp32|bf16 "
-        "(auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32)",
+        "(auto: bf16 on CUDA and on CPUs with AMX, else fp32)",
     )
     p.add_argument(
         "--model-version", default="dev", help="model version recorded in the checkpoint"

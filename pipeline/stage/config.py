@@ -16,7 +16,7 @@ from pipeline.stage.device import check_device_name
 
 # Numeric precision of the network on its device (j4r.precision.PRECISIONS; kept here so that
 # this module stays import-light): auto picks bf16 where it is fast (CUDA with bf16, CPUs with
-# AMX or AVX512-BF16), fp32 elsewhere.
+# AMX), fp32 elsewhere.
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # Frames of more pixels than the tile budget run as overlapping tiles of at most that many.

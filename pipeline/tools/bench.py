@@ -9,9 +9,10 @@ All figures come from one run so their ratios mean something:
   by a large matmul in the same run;
 * peak RSS of that process on a short video and on one 10x longer;
 * precision: model-only frames/s in fp32 and in bf16 (bf16 on fewer frames: on CPUs without
-  AMX or AVX512-BF16 it is an order of magnitude slower), the fp32 and bf16 ceilings of a
-  matmul and of a 3x3 convolution at the model's width, measured in the same run, and the
-  share of each the model achieves; the CPU's flags; which precision ``auto`` picks here;
+  bf16 units it is an order of magnitude slower; with AVX512-BF16 but no AMX, slower too), the
+  fp32 and bf16 ceilings of a matmul and of a 3x3 convolution at the model's width, measured
+  in the same run, and the share of each the model achieves; the CPU's flags; which
+  precision ``auto`` picks here;
 * drift: bf16 against fp32 over a long clip at a small size (the recurrent memory is fp32);
 * a big frame: peak RSS and frames/s of the archive job on a short 4K video, which runs as
   tiles (default tile budget), in a fresh process.
@@ -354,7 +355,7 @@ def render_table(r: dict) -> str:
     rows = [
         ("model", r["model"]),
         ("device / torch threads", f"{r['device']} / {r['torch_threads']}"),
-        ("CPU flags (bf16 units: avx512_bf16, amx_bf16)", " ".join(r["cpu_flags"]) or "-"),
+        ("CPU flags (bf16 units: amx_bf16; avx512_bf16)", " ".join(r["cpu_flags"]) or "-"),
         ("precision: requested / auto picks here", f"{r['precision_requested']} / "
          f"{r['precision_auto']}"),
         ("frame size", size),
