@@ -304,6 +304,49 @@ def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.cli.presence:fit_presence_command"))
 
 
+def _add_tune_ramp(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune-ramp",
+        help="choose how sure of rain a frame must be before it is changed (validation clips)",
+        description="Runs CHECKPOINT (with a rain-presence head) over --clips synthetic "
+        "validation clips (training content and renderer only, never the evaluation sets; "
+        "use a seed the head was not fitted on) and scores every candidate ramp from the same "
+        "pass: how many dry frames each changes and by how much, and how much rain it "
+        "removes. Chooses the ramp that removes the most rain while the dry frames, pooled, "
+        "stay at least --min-dry-psnr from the input (none does: the most cautious). Prints "
+        "a table; --json writes it; --out writes a "
+        "copy of the checkpoint with the chosen ramp (no weight changes).",
+    )
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    p.add_argument("--clips", type=int, default=600, help="synthetic validation clips")
+    p.add_argument("--seed", type=int, default=21, help="seed of the validation clips")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a clip setting, e.g. clip.clean_fraction=0.5 (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ramp", dest="ramps", type=_ramp, action="append", metavar="LO,HI",
+        help="a candidate ramp (repeatable; unset: 0.25,0.75 up to 0.95,0.995)",
+    )  # fmt: skip
+    p.add_argument(
+        "--threshold-db", type=float, default=35.0,
+        help="a frame whose rain costs more than this PSNR (luma) counts as rainy",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-dry-psnr", type=float, default=40.0,
+        help="the bound on harm: PSNR (luma, dB) of the dry frames' output against their "
+        "input, pooled",
+    )  # fmt: skip
+    p.add_argument("--json", type=Path, help="write the table and the choice here")
+    p.add_argument("--out", type=Path, help="write the checkpoint with the chosen ramp here")
+    p.add_argument(
+        "--model-version", help="model version recorded in --out (unset: the checkpoint's)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_lazy("pipeline.cli.presence:tune_ramp_command"))
+
+
 def _add_train_ray(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-ray",
@@ -538,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_models,
         _add_train,
         _add_fit_presence,
+        _add_tune_ramp,
         _add_train_ray,
         _add_eval,
         _add_demo,
