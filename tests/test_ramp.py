@@ -126,3 +126,7 @@ def test_tune_ramp_refuses_a_checkpoint_without_a_presence_head(tiny_checkpoint,
     code = main(["tune-ramp", "--checkpoint", str(tiny_checkpoint), "--clips", "2"])
     assert code == 2
     assert "derain fit-presence" in capsys.readouterr().err
+    capsys.readouterr()
+    code = main(["tune-ramp", "--clips", "2", "--set", "clip.clean_fraction=0"])
+    assert code == 2
+    assert "clip.clean_fraction" in capsys.readouterr().err

@@ -118,6 +118,11 @@ def tune_ramp_command(args: argparse.Namespace) -> int:
                 "first (the ramp scales that head's verdict)"
             )
         model, info = presence.with_presence_head(checkpoint)
+        if clips.clean_fraction <= 0:
+            raise UsageError(
+                "the bound on harm needs rain-free validation clips: set clip.clean_fraction "
+                "above 0 (e.g. --set clip.clean_fraction=0.45)"
+            )
     if args.threads:
         torch.set_num_threads(args.threads)
     with usage_errors(MissingContentError):
@@ -127,10 +132,14 @@ def tune_ramp_command(args: argparse.Namespace) -> int:
     )
     candidates = tuple(args.ramps) if args.ramps else ramp.DEFAULT_RAMPS
     rows = ramp.sweep(changes, candidates, threshold_db=args.threshold_db)
+    if rows[0]["dry_frames"] == 0:
+        raise UsageError(
+            f"none of the {args.clips} validation clips came out rain-free: raise --clips or "
+            "clip.clean_fraction"
+        )
     chosen = ramp.choose_ramp(rows, args.min_dry_psnr)
     record = {
-        "checkpoint": str(checkpoint),
-        "model": {"name": info.name, "version": info.version},
+        "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
         "clips": args.clips,
         "seed": args.seed,
         "clip": vars(clips),
