@@ -250,6 +250,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.cli.train:train_command"))
 
 
+def _add_clip_overrides(p: argparse.ArgumentParser) -> None:
+    """``--set clip.KEY=VALUE``: the synthetic clips of fit-presence and tune-ramp."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a clip setting, e.g. clip.clean_fraction=0.5 (repeatable)",
+    )  # fmt: skip
+
+
 def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit-presence",
@@ -264,10 +272,7 @@ def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the new checkpoint")
     p.add_argument("--clips", type=int, default=2000, help="synthetic clips to collect (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the collected clips")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a clip setting, e.g. clip.clean_fraction=0.5 (repeatable)",
-    )  # fmt: skip
+    _add_clip_overrides(p)
     p.add_argument(
         "--samples", type=Path, action="append", default=[],
         help="also fit on samples saved by an earlier --save-samples (repeatable)",
@@ -320,10 +325,7 @@ def _add_tune_ramp(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     p.add_argument("--clips", type=int, default=600, help="synthetic validation clips")
     p.add_argument("--seed", type=int, default=21, help="seed of the validation clips")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a clip setting, e.g. clip.clean_fraction=0.5 (repeatable)",
-    )  # fmt: skip
+    _add_clip_overrides(p)
     p.add_argument(
         "--ramp", dest="ramps", type=_ramp, action="append", metavar="LO,HI",
         help="a candidate ramp (repeatable; unset: 0.25,0.75 up to 0.95,0.995)",
