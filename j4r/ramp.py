@@ -43,11 +43,11 @@ PSNR_CAP_DB = 99.0
 
 @dataclass(frozen=True)
 class FrameChanges:
-    """Per validation frame (all ``(frames,)`` float64 tensors): the network's P(rain), and
-    the mean squares ``rain = |O - B|²``, ``change = |L - O|²``, ``cross = (O - B)·(L - O)``
-    over the frame's pixels (luma, in [0, 1] units)."""
+    """Per validation frame (all ``(frames,)`` float64 tensors): the presence head's logit
+    (P(rain) = σ(logit)) and, over the frame's pixels (luma in [0, 1]), the mean squares
+    ``rain = |O - B|²``, ``change = |L - O|²`` and ``cross = (O - B)·(L - O)``."""
 
-    probability: torch.Tensor
+    logits: torch.Tensor
     rain: torch.Tensor
     change: torch.Tensor
     cross: torch.Tensor
@@ -75,8 +75,7 @@ def measure_changes(
 
     if model.presence is None:
         raise ValueError("the network has no presence head (rain_presence: false)")
-    parts: dict[str, list[torch.Tensor]] = {"probability": [], "rain": [], "change": [],
-                                            "cross": []}  # fmt: skip
+    parts: dict[str, list[torch.Tensor]] = {"logits": [], "rain": [], "change": [], "cross": []}
     batches = math.ceil(clips / batch_size)
     for index in tqdm(range(batches), disable=not progress, desc="validation clips"):
         batch = sampler.batch(seed=seed, step=index, batch_size=batch_size)
@@ -87,7 +86,7 @@ def measure_changes(
                 continue
             rainy, clean = batch.rainy[:, t].double(), batch.clean[:, t].double()
             rain, change = rainy - clean, out.local_background.double() - rainy
-            parts["probability"].append(torch.sigmoid(out.presence_logits[:, 0].double()))
+            parts["logits"].append(out.presence_logits[:, 0].double())
             parts["rain"].append(rain.pow(2).mean(dim=(1, 2, 3)))
             parts["change"].append(change.pow(2).mean(dim=(1, 2, 3)))
             parts["cross"].append((rain * change).mean(dim=(1, 2, 3)))
@@ -105,8 +104,7 @@ def score_ramp(changes: FrameChanges, ramp: tuple[float, float], threshold_db: f
     Rainy frames (rain costing more than ``threshold_db``): the mean PSNR gain over the rainy
     input and the share left wholly alone. Faint rain (under the threshold): the mean gain.
     """
-    logits = torch.logit(changes.probability.clamp(1e-12, 1 - 1e-12))
-    share = presence_scale(logits, ramp)
+    share = presence_scale(changes.logits, ramp)
     dry = changes.rain < DRY_MSE
     rain_db = _psnr(changes.rain)
     rainy = ~dry & (rain_db < threshold_db)

@@ -28,7 +28,7 @@ def test_output_mse_is_the_mse_of_the_scaled_change():
     share = torch.rand(5, generator=g, dtype=torch.float64)
     rain, change = rainy - clean, local - rainy
     changes = FrameChanges(
-        probability=torch.full((5,), 0.5, dtype=torch.float64),
+        logits=torch.zeros(5, dtype=torch.float64),
         rain=rain.pow(2).mean(dim=(1, 2, 3)),
         change=change.pow(2).mean(dim=(1, 2, 3)),
         cross=(rain * change).mean(dim=(1, 2, 3)),
@@ -43,7 +43,7 @@ def test_one_pass_scores_each_ramp_as_a_network_built_with_that_ramp_would_do():
     sampler, clips, seed, threshold = brick_sampler(), 8, 3, 35.0
     model, _ = with_presence_head(DEFAULT_CHECKPOINT)
     changes = measure_changes(model, sampler, clips=clips, seed=seed, batch_size=4)
-    assert len(changes.probability) == clips * 2  # 4 frames, the first two left out
+    assert len(changes.logits) == clips * 2  # 4 frames, the first two left out
     for ramp in ((0.25, 0.75), (0.9, 0.99)):
         predicted = score_ramp(changes, ramp, threshold)
         ramped, _ = with_presence_head(DEFAULT_CHECKPOINT, ramp=ramp)
