@@ -130,6 +130,10 @@ class TrainConfig:
     lambda_gate: float = 1e-2  # rain-gate mask loss (networks with ``rain_gate`` only)
     gate_threshold: float = 0.01  # luma change that counts as "touched by rain"
     gate_lr_scale: float = 1.0  # stage 2: the rain gate's learning rate relative to lr
+    # Stage 2: the squared change on pixels rain did not touch, averaged over those pixels
+    # alone, so a frame mostly covered by rain still pays in full for what it changes between
+    # the streaks (0 = off, as in rounds 1-8).
+    lambda_keep: float = 0.0
     lambda_presence: float = 1e-2  # rain-presence loss (networks with ``rain_presence`` only)
     presence_threshold_db: float = 40.0  # a frame whose rain costs more PSNR than this is rainy
     presence_lr_scale: float = 1.0  # stage 2: the presence head's learning rate relative to lr

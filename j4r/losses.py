@@ -39,6 +39,17 @@ def rain_present(rainy: torch.Tensor, clean: torch.Tensor, *, threshold_db: floa
     return (mse > 10 ** (-threshold_db / 10)).float()
 
 
+def keep_loss(
+    background: torch.Tensor, clean: torch.Tensor, untouched: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared change ``(B̂ − B)²`` over the pixels rain did not touch (``untouched`` = 1)
+    only. ``l_joint`` averages over every pixel, so in a downpour the few dry pixels between
+    the streaks weigh almost nothing, and a net can learn to change fine bright texture there
+    for free; averaged over those pixels alone they weigh as much as a whole dry frame."""
+    weight = untouched.expand_as(background)
+    return ((background - clean).pow(2) * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 class LossTerms(NamedTuple):
     total: torch.Tensor
     joint: torch.Tensor
@@ -47,6 +58,7 @@ class LossTerms(NamedTuple):
     removal: torch.Tensor
     gate: torch.Tensor
     presence: torch.Tensor
+    keep: torch.Tensor
 
 
 def j4r_loss(
@@ -64,17 +76,22 @@ def j4r_loss(
 
     With ``rainy`` the rain gate's logits (networks that have one, ``gated``) learn the mask
     of pixels the rain touched, weighted by ``λg``, and the presence head's logits (``present``)
-    whether a frame has rain at all, weighted by ``λp``: binary cross-entropies.
+    whether a frame has rain at all, weighted by ``λp``: binary cross-entropies; and with
+    ``λk`` > 0 the change on pixels the rain did not touch is paid for again (:func:`keep_loss`).
     """
     joint = F.mse_loss(out.background, clean)
     logits = out.alpha_logits.flatten(0, 1)
     detect = F.cross_entropy(logits, alpha.flatten(0, 1)[:, 0].long())
     rect = F.mse_loss(high_pass(out.background), high_pass(clean))
     removal = F.mse_loss(out.streaks, streaks)
-    gate = presence = joint.new_zeros(())
-    if rainy is not None and gated:
+    gate = presence = keep = joint.new_zeros(())
+    touched = None
+    if rainy is not None and (gated or config.lambda_keep > 0):
         touched = rain_touched(rainy, clean, threshold=config.gate_threshold)
+    if touched is not None and gated:
         gate = F.binary_cross_entropy_with_logits(out.gate_logits, touched)
+    if touched is not None and config.lambda_keep > 0:
+        keep = keep_loss(out.background, clean, 1.0 - touched)
     if rainy is not None and present:
         target = rain_present(rainy, clean, threshold_db=config.presence_threshold_db)
         presence = F.binary_cross_entropy_with_logits(out.presence_logits, target)
@@ -85,8 +102,9 @@ def j4r_loss(
         + config.lambda_removal * removal
         + config.lambda_gate * gate
         + config.lambda_presence * presence
+        + config.lambda_keep * keep
     )
-    return LossTerms(total, joint, detect, rect, removal, gate, presence)
+    return LossTerms(total, joint, detect, rect, removal, gate, presence, keep)
 
 
 def single_frame_loss(
@@ -102,4 +120,4 @@ def single_frame_loss(
     removal = F.mse_loss(predicted_streaks, streaks)
     zero = joint.new_zeros(())
     total = joint + config.lambda_removal * removal
-    return LossTerms(total, joint, zero, zero, removal, zero, zero)
+    return LossTerms(total, joint, zero, zero, removal, zero, zero, zero)

@@ -1,0 +1,83 @@
+"""The keep loss: the change on pixels rain did not touch, averaged over those pixels alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from j4r.arch import ClipOutput
+from j4r.config import train_config
+from j4r.losses import j4r_loss, keep_loss, rain_touched
+
+
+def outputs(background: torch.Tensor) -> ClipOutput:
+    b, t, _, h, w = background.shape
+    zeros = torch.zeros_like(background)
+    return ClipOutput(
+        background=background,
+        streaks=zeros,
+        alpha_logits=torch.zeros(b, t, 2, h, w),
+        detail=zeros,
+        gate_logits=zeros,
+        presence_logits=torch.zeros(b, t, 1),
+        local_background=background,
+    )
+
+
+def test_only_untouched_pixels_count_and_they_are_averaged_alone():
+    clean = torch.rand(1, 2, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    untouched = torch.ones_like(clean)
+    untouched[0, 0, 0, :, :8] = 0  # a downpour: 80 of the first frame's 100 pixels are rain
+    changed = clean.clone()
+    changed[0, 0, 0, :, :8] += 0.5  # changes under the rain are the joint loss's business
+    assert keep_loss(changed, clean, untouched) == 0
+    changed[0, 0, 0, 0, 9] += 0.3  # one dry pixel between the streaks
+    assert keep_loss(changed, clean, untouched).item() == pytest.approx(0.09 / 120)
+    # the plain mean over every pixel (l_joint, were the rain removed exactly) gives it 0.6x
+    exact_under_rain = torch.where(untouched.bool(), changed, clean)
+    plain = torch.nn.functional.mse_loss(exact_under_rain, clean).item()
+    assert plain == pytest.approx(0.6 * keep_loss(changed, clean, untouched).item())
+
+
+def test_on_a_dry_clip_it_is_the_joint_loss():
+    clean = torch.rand(2, 3, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    background = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
+    untouched = 1 - rain_touched(clean, clean, threshold=0.01)
+    assert keep_loss(background, clean, untouched).item() == pytest.approx(
+        torch.nn.functional.mse_loss(background, clean).item()
+    )
+
+
+def test_lambda_keep_adds_the_term_and_zero_leaves_the_loss_as_before():
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.rand(1, 3, 1, 12, 12, generator=gen)
+    rainy = clean.clone()
+    rainy[..., 2:4, :] += 0.4  # rain on two rows of every frame
+    background = clean + 0.02 * torch.randn(clean.shape, generator=gen)
+    alpha = torch.zeros_like(clean)
+    base = train_config("tiny")
+    off = j4r_loss(
+        outputs(background),
+        clean=clean,
+        streaks=rainy - clean,
+        alpha=alpha,
+        config=base,
+        rainy=rainy,
+        gated=False,
+    )
+    on = j4r_loss(
+        outputs(background),
+        clean=clean,
+        streaks=rainy - clean,
+        alpha=alpha,
+        config=dataclasses.replace(base, lambda_keep=5.0),
+        rainy=rainy,
+        gated=False,
+    )
+    assert base.lambda_keep == 0 and off.keep == 0
+    untouched = 1 - rain_touched(rainy, clean, threshold=base.gate_threshold)
+    assert on.keep.item() == pytest.approx(keep_loss(background, clean, untouched).item())
+    assert (on.total - off.total).item() == pytest.approx(5.0 * on.keep.item(), rel=1e-5)
+    assert on.joint == off.joint
