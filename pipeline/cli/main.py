@@ -349,6 +349,23 @@ def _add_tune_ramp(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.cli.presence:tune_ramp_command"))
 
 
+def _add_average_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "average-weights",
+        help="average the weights of two fine-tunes of one network (a model soup)",
+        description="Writes a checkpoint whose every weight is (1 - SHARE) x FIRST + SHARE x "
+        "SECOND. Both must be fine-tunes of one network (same size, both with or both without "
+        "a rain gate). The presence head is left out: it was fitted to one network's features; "
+        "fit one for the average with `derain fit-presence`, then `derain tune-ramp`.",
+    )
+    p.add_argument("first", type=Path, help="checkpoint folder")
+    p.add_argument("second", type=Path, help="checkpoint folder")
+    p.add_argument("--share", type=float, default=0.5, help="weight of SECOND, in [0, 1]")
+    p.add_argument("--out", type=Path, required=True, help="new checkpoint folder")
+    p.add_argument("--model-version", help="version recorded in --out (unset: FIRST's)")
+    p.set_defaults(handler=_lazy("pipeline.cli.weights:average_weights_command"))
+
+
 def _add_train_ray(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-ray",
@@ -584,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_fit_presence,
         _add_tune_ramp,
+        _add_average_weights,
         _add_train_ray,
         _add_eval,
         _add_demo,

@@ -1,0 +1,60 @@
+"""Weight averaging ("model soup") of two fine-tunes of one network.
+
+Two networks fine-tuned from a common ancestor can often be averaged tensor by tensor, and the
+average can keep most of what each learned (one removes more unfamiliar rain, the other harms
+dry texture less). The presence head is left out: it was fitted to one network's features, so
+the average needs a head of its own (``derain fit-presence``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from j4r.checkpoint import CheckpointError, ModelInfo, load_checkpoint
+
+# NetConfig fields that must agree for tensors to line up and mean the same thing.
+ARCHITECTURE_FIELDS = ("channels", "rnet_blocks", "cnet_blocks", "jrc_blocks", "dnet_layers",
+                       "rain_gate")  # fmt: skip
+
+
+def average_weights(first: str | Path, second: str | Path, *, share: float):
+    """``(1 − share) · first + share · second`` for every floating-point tensor of the network
+    below the presence head; ``share`` in [0, 1]. Returns ``(model, info)`` of ``first`` with
+    the presence head removed (``rain_presence`` off), in eval mode.
+
+    Raises :class:`CheckpointError` where the two networks differ in architecture, and
+    ``ValueError`` where ``share`` is outside [0, 1].
+    """
+    import dataclasses
+
+    from j4r.model import build_model
+
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], not {share}")
+    model_a, info_a = load_checkpoint(first)
+    model_b, info_b = load_checkpoint(second)
+    differ = [f for f in ARCHITECTURE_FIELDS
+              if getattr(info_a.net, f) != getattr(info_b.net, f)]  # fmt: skip
+    if differ:
+        raise CheckpointError(
+            f"{first} and {second} differ in {', '.join(differ)}: only fine-tunes of one "
+            "network can be averaged"
+        )
+    net = dataclasses.replace(info_a.net, rain_presence=False, presence_ramp=(0.0, 1.0))
+    model = build_model(net).eval()
+    a, b = model_a.state_dict(), model_b.state_dict()
+    state = {
+        key: (1.0 - share) * a[key] + share * b[key] if a[key].is_floating_point() else a[key]
+        for key in model.state_dict()
+    }
+    model.load_state_dict(state)
+    return model, dataclasses.replace(info_a, net=net)
+
+
+def describe(first: ModelInfo, second: ModelInfo, share: float) -> dict:
+    """What a checkpoint written from :func:`average_weights` records about its making."""
+    return {
+        "share": share,
+        "first": {"name": first.name, "version": first.version, "sha256": first.sha256},
+        "second": {"name": second.name, "version": second.version, "sha256": second.sha256},
+    }
