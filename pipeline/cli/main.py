@@ -363,7 +363,7 @@ def _add_average_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--share", type=float, default=0.5, help="weight of SECOND, in [0, 1]")
     p.add_argument("--out", type=Path, required=True, help="new checkpoint folder")
     p.add_argument("--model-version", help="version recorded in --out (unset: FIRST's)")
-    p.set_defaults(handler=_lazy("pipeline.cli.weights:average_weights_command"))
+    p.set_defaults(handler=_lazy("pipeline.cli.train:average_weights_command"))
 
 
 def _add_train_ray(sub: argparse._SubParsersAction) -> None:

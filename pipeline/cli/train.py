@@ -1,4 +1,5 @@
-"""``derain train``: presets + YAML + ``--set`` overrides, then the resumable j4r loop."""
+"""``derain train``: presets + YAML + ``--set`` overrides, then the resumable j4r loop; and
+``derain average-weights``, a checkpoint between two fine-tunes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.cli.exit_codes import EXIT_OK
-from pipeline.errors import usage_errors
+from pipeline.errors import UsageError, usage_errors
 
 
 def resolve_configs(args: argparse.Namespace):
@@ -119,4 +120,23 @@ def train_ray_command(args: argparse.Namespace) -> int:
 
         version = publish_model(result.final, args.publish, options, version=args.model_version)
         print(f"  published {version} to {args.publish} (latest)")
+    return EXIT_OK
+
+
+def average_weights_command(args: argparse.Namespace) -> int:
+    from j4r.checkpoint import CheckpointError, read_info, save_checkpoint
+    from j4r.soup import average_weights, describe
+
+    if args.out.resolve() in (args.first.resolve(), args.second.resolve()):
+        raise UsageError("--out must be a new folder, not one of the checkpoints averaged")
+    with usage_errors(ValueError, OSError, CheckpointError):
+        model, info = average_weights(args.first, args.second, share=args.share)
+        record = describe(info, read_info(args.second), args.share)
+        version = args.model_version or info.version
+        save_checkpoint(model, args.out, name=info.name, version=version, net=info.net,
+                        extra={"average_weights": record})  # fmt: skip
+    print(
+        f"derain average-weights: {1 - args.share:g} x {args.first} + {args.share:g} x "
+        f"{args.second} -> {args.out} (no presence head: fit one with `derain fit-presence`)"
+    )
     return EXIT_OK
