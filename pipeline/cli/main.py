@@ -366,6 +366,25 @@ def _add_average_weights(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.cli.train:average_weights_command"))
 
 
+def _add_grow_network(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grow-network",
+        help="the same network with more residual blocks, computing exactly what it did",
+        description="Writes a checkpoint of CHECKPOINT's network with more residual pairs in "
+        "R-Net, C-Net and/or JRC-Net. The new pairs start as the identity (both kernels the "
+        "identity, zero bias; their inputs are never negative), so the outputs are unchanged "
+        "until you fine-tune it (`derain train --init-from OUT --set net.rnet_blocks=...`).",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="new checkpoint folder")
+    for name, what in (("rnet", "R-Net (removal)"), ("cnet", "C-Net (fill)"),
+                       ("jrc", "JRC-Net (join)")):  # fmt: skip
+        p.add_argument(f"--{name}-blocks", type=int, dest=f"{name}_blocks",
+                       help=f"residual pairs in {what}; unset: as in CHECKPOINT")  # fmt: skip
+    p.add_argument("--model-version", help="version recorded in --out (unset: CHECKPOINT's)")
+    p.set_defaults(handler=_lazy("pipeline.cli.train:grow_network_command"))
+
+
 def _add_train_ray(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-ray",
@@ -602,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_fit_presence,
         _add_tune_ramp,
         _add_average_weights,
+        _add_grow_network,
         _add_train_ray,
         _add_eval,
         _add_demo,

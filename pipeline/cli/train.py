@@ -1,5 +1,6 @@
 """``derain train``: presets + YAML + ``--set`` overrides, then the resumable j4r loop; and
-``derain average-weights``, a checkpoint between two fine-tunes."""
+``derain average-weights``, a checkpoint between two fine-tunes; ``derain grow-network``, the
+same network deeper."""
 
 from __future__ import annotations
 
@@ -139,4 +140,24 @@ def average_weights_command(args: argparse.Namespace) -> int:
         f"derain average-weights: {1 - args.share:g} x {args.first} + {args.share:g} x "
         f"{args.second} -> {args.out} (no presence head: fit one with `derain fit-presence`)"
     )
+    return EXIT_OK
+
+
+def grow_network_command(args: argparse.Namespace) -> int:
+    from j4r.checkpoint import CheckpointError, save_checkpoint
+    from j4r.grow import GROWABLE, grow_network
+
+    if args.out.resolve() == args.checkpoint.resolve():
+        raise UsageError("--out must be a new folder, not the checkpoint grown")
+    blocks = {f: getattr(args, f) for f in GROWABLE if getattr(args, f) is not None}
+    if not blocks:
+        raise UsageError("say how deep: --rnet-blocks, --cnet-blocks and/or --jrc-blocks")
+    with usage_errors(ValueError, OSError, CheckpointError):
+        model, info = grow_network(args.checkpoint, **blocks)
+        parent = {"name": info.name, "version": info.version, "sha256": info.sha256}
+        save_checkpoint(model, args.out, name=info.name, version=args.model_version or info.version,
+                        net=info.net, extra={"grown_from": {**parent, **blocks}})  # fmt: skip
+    grown = ", ".join(f"{k}={v}" for k, v in blocks.items())
+    print(f"derain grow-network: {args.checkpoint} with {grown} -> {args.out} (same outputs; "
+          "fine-tune it with `derain train --init-from`)")  # fmt: skip
     return EXIT_OK
