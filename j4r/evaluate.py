@@ -149,25 +149,30 @@ def j4r_ablation_methods(model: J4RNet) -> dict[str, Method]:
 
     ``presence off``: every frame gets the whole local change (``B̂_local``), as if the
     presence head judged it rainy; ``gate open``: the joint estimate ``B̃`` itself, every
-    pixel changed (recovered from ``B̂_local = O + σ(g)(B̃ − O)``). If even ``gate open``
-    gains little on a set, the removal itself (the trunk) fails there, not the decisions
-    about where and when to apply it.
+    pixel changed (recovered from ``B̂_local = O + σ(g)(B̃ − O)``); ``R-Net only``: the
+    streak subtraction ``O − Ŝ`` alone, before JRC-Net joins in C-Net's fill from memory. If
+    even ``gate open`` gains little on a set, the removal itself (the trunk) fails there, not
+    the decisions about where and when to apply it; if ``R-Net only`` gains more than ``gate
+    open``, the joint stage loses what R-Net removed.
     """
 
-    def variant(open_gate: bool) -> Method:
+    def variant(part: str) -> Method:
         @torch.inference_mode()
         def run(rainy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             ycbcr, out, alpha = _run_network(model, rainy)
             luma = ycbcr[:, :1]
             local = out.local_background[0].float()
-            if open_gate:  # σ(g) under 1e-4 leaves B̃ unknowable there: keep the input
+            if part == "gate open":  # σ(g) under 1e-4 leaves B̃ unknowable there: keep the input
                 share = torch.sigmoid(out.gate_logits[0].float())
                 local = torch.where(share > 1e-4, luma + (local - luma) / share, luma)
+            elif part == "R-Net only":
+                local = luma - out.streaks[0].float()
             return with_luma(ycbcr, local.clamp(0, 1)), alpha
 
         return run
 
-    return {"J4R-Net, presence off": variant(False), "J4R-Net, gate open": variant(True)}
+    parts = ("presence off", "gate open", "R-Net only")
+    return {f"J4R-Net, {part}": variant(part) for part in parts}
 
 
 SETS = ("light", "heavy", "foreign-light", "foreign-heavy", "clean")
@@ -302,7 +307,7 @@ def evaluate(
 ) -> dict:
     """Scores of every method on every set: ``{set: {method: {metric: value}}}``.
 
-    ``ablations`` adds :func:`j4r_ablation_methods` (two more runs of the network per clip).
+    ``ablations`` adds :func:`j4r_ablation_methods` (three more runs of the network per clip).
 
     ``clean`` scores the output against the input (no rain: the ideal output is the input),
     so "rainy input" is left out there; the other sets also get gains over the input.

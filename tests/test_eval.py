@@ -118,8 +118,9 @@ def test_ablations_switch_off_the_presence_head_and_the_gate_and_nothing_else(sm
     torch.manual_seed(0)
     tiny = build_model(net_config("tiny")).eval()
     plain = j4r_method(tiny)(rainy)[0]
-    for method in j4r_ablation_methods(tiny).values():
-        torch.testing.assert_close(method(rainy)[0], plain, rtol=0, atol=1e-6)
+    tiny_ablated = j4r_ablation_methods(tiny)
+    for name in ("J4R-Net, presence off", "J4R-Net, gate open"):
+        torch.testing.assert_close(tiny_ablated[name](rainy)[0], plain, rtol=0, atol=1e-6)
     # The shipped network has both: "presence off" is B̂_local, and "gate open" is the B̃
     # that the gate scales back into B̂_local.
     model, _ = load_checkpoint()
@@ -135,11 +136,16 @@ def test_ablations_switch_off_the_presence_head_and_the_gate_and_nothing_else(sm
     recomposed = luma + share * (tilde - luma)
     assert _share_apart(recomposed[inside], out.local_background[0][inside]) < 1e-3
     assert (tilde - luma).abs().mean() > (local - luma).abs().mean()  # the gate holds back
+    # "R-Net only" is O − Ŝ: the streaks subtracted, nothing of the joint stage.
+    rnet = rgb_to_ycbcr(ablated["J4R-Net, R-Net only"](rainy)[0])[:, :1]
+    assert _share_apart(rnet, (luma - out.streaks[0]).clamp(0, 1)) < 1e-3
+    assert _share_apart(rnet, local) > 0.1
 
 
-def test_eval_with_ablations_adds_two_rows():
+def test_eval_with_ablations_adds_three_rows():
     torch.manual_seed(0)
     tiny = build_model(net_config("tiny")).eval()
     results = evaluate(tiny, None, frames=3, crop=48, sets=("light",), ablations=True)
-    assert {"J4R-Net, presence off", "J4R-Net, gate open"} <= set(results["light"])
+    ablated = {"J4R-Net, presence off", "J4R-Net, gate open", "J4R-Net, R-Net only"}
+    assert ablated <= set(results["light"])
     assert "gain_y" in results["light"]["J4R-Net, gate open"]

@@ -452,8 +452,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--ablations",
         action="store_true",
         help="also score J4R-Net with its presence head off (every frame gets the whole "
-        "change) and with its gate open (every pixel changed): tells whether a loss comes from "
-        "the removal itself or from where and when it is applied (two more runs per clip)",
+        "change), with its gate open (every pixel changed) and R-Net's streak subtraction "
+        "alone (O - S, before the joint stage): tells whether a loss comes from the removal "
+        "itself, from the joint stage or from where and when it is applied (three more runs "
+        "per clip)",
     )
     _add_precision(p)
     p.set_defaults(handler=_lazy("pipeline.cli.eval:eval_command"))
