@@ -34,6 +34,11 @@ class ModelInfo:
     sha256: str  # of the weights file: the manifests record it
     extra: dict[str, Any]
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """Which weights these are, as records beside derived checkpoints and results keep it."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()

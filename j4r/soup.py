@@ -55,6 +55,6 @@ def describe(first: ModelInfo, second: ModelInfo, share: float) -> dict:
     """What a checkpoint written from :func:`average_weights` records about its making."""
     return {
         "share": share,
-        "first": {"name": first.name, "version": first.version, "sha256": first.sha256},
-        "second": {"name": second.name, "version": second.version, "sha256": second.sha256},
+        "first": first.identity,
+        "second": second.identity,
     }

@@ -242,7 +242,7 @@ def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[s
     new_prefixes = tuple(ADDABLE_HEADS[f] for f in added)
     if unexpected or any(not key.startswith(new_prefixes) for key in missing):
         raise ValueError(f"--init-from {folder}: weights do not fit: {missing + unexpected}")
-    return {"name": info.name, "version": info.version, "sha256": info.sha256}
+    return info.identity
 
 
 def export(model: J4RNet, folder: Path, *, net: NetConfig, version: str, record: dict) -> Path:

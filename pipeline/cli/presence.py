@@ -139,7 +139,7 @@ def tune_ramp_command(args: argparse.Namespace) -> int:
         )
     chosen = ramp.choose_ramp(rows, args.min_dry_psnr)
     record = {
-        "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+        "model": info.identity,
         "clips": args.clips,
         "seed": args.seed,
         "clip": vars(clips),

@@ -154,9 +154,9 @@ def grow_network_command(args: argparse.Namespace) -> int:
         raise UsageError("say how deep: --rnet-blocks, --cnet-blocks and/or --jrc-blocks")
     with usage_errors(ValueError, OSError, CheckpointError):
         model, info = grow_network(args.checkpoint, **blocks)
-        parent = {"name": info.name, "version": info.version, "sha256": info.sha256}
-        save_checkpoint(model, args.out, name=info.name, version=args.model_version or info.version,
-                        net=info.net, extra={"grown_from": {**parent, **blocks}})  # fmt: skip
+        version = args.model_version or info.version
+        save_checkpoint(model, args.out, name=info.name, version=version, net=info.net,
+                        extra={"grown_from": {**info.identity, **blocks}})  # fmt: skip
     grown = ", ".join(f"{k}={v}" for k, v in blocks.items())
     print(f"derain grow-network: {args.checkpoint} with {grown} -> {args.out} (same outputs; "
           "fine-tune it with `derain train --init-from`)")  # fmt: skip

@@ -46,7 +46,7 @@ def evaluate_checkpoint(
         model, single, frames=frames, crop=crop, sets=sets or SETS, ablations=ablations
     )
     record = {
-        "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+        "model": info.identity,
         "precision": resolved,
         "frames": frames,
         "crop": crop,
