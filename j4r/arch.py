@@ -374,9 +374,11 @@ class J4RNet(nn.Module):
         presence_smoothing: float = 0.0,
         presence_ramp: tuple[float, float] = (0.0, 1.0),
         presence_persistence: bool = False,
+        chroma_fill: bool = False,
     ):
         super().__init__()
         self.channels = channels
+        self.chroma_fill = chroma_fill  # read by the RGB callers (j4r.model.derain_rgb_step)
         self.features = FeatureCNN(channels=channels)
         self.dnet = DNet(channels=channels, layers=dnet_layers)
         self.fnet = FNet(channels=channels)

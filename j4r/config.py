@@ -36,6 +36,10 @@ class NetConfig:
     # frame ago (a pole the camera pans over) and how much is new (rain falls): two memory
     # channels more.
     presence_persistence: bool = False
+    # Beyond the paper: where the network changed the luma, chroma drawn from the neighbours it
+    # left alone instead of passed through (rain greys colour; j4r.color.fill_chroma). Not a
+    # weight: it only changes how the luma output is turned back into RGB.
+    chroma_fill: bool = False
 
 
 @dataclass(frozen=True)

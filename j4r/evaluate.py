@@ -137,7 +137,7 @@ def j4r_method(model: J4RNet) -> Method:
     def run(rainy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ycbcr, out, alpha = _run_network(model, rainy)
         background = out.background[0].clamp(0, 1)
-        result = J4RRun((with_luma(ycbcr, background), alpha))
+        result = J4RRun((with_luma(ycbcr, background, chroma_fill=model.chroma_fill), alpha))
         result.rain = torch.sigmoid(out.presence_logits[0, :, 0].float())
         return result
 
@@ -167,7 +167,7 @@ def j4r_ablation_methods(model: J4RNet) -> dict[str, Method]:
                 local = torch.where(share > 1e-4, luma + (local - luma) / share, luma)
             elif part == "R-Net only":
                 local = luma - out.streaks[0].float()
-            return with_luma(ycbcr, local.clamp(0, 1)), alpha
+            return with_luma(ycbcr, local.clamp(0, 1), chroma_fill=model.chroma_fill), alpha
 
         return run
 

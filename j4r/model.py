@@ -53,6 +53,7 @@ class AtPrecision(torch.nn.Module):
         self.precision = precision
         self.channels = net.channels
         self.memory_channels = net.memory_channels
+        self.chroma_fill = net.chroma_fill
 
     def initial_state(self, luma: torch.Tensor) -> torch.Tensor:
         return self.net.initial_state(luma)
@@ -78,7 +79,8 @@ def derain_rgb_step(
 ) -> tuple[torch.Tensor, StepOutput, torch.Tensor]:
     """De-rain one frame per clip: RGB ``(b, 3, h, w)`` in [0, 1] -> RGB, raw outputs, memory.
 
-    The network sees luma; chroma passes through from the input frame. ``precision`` is a
+    The network sees luma; chroma passes through from the input frame, or is restored where
+    the luma changed if the network's config asks for it (``chroma_fill``). ``precision`` is a
     resolved one (``fp32`` or ``bf16``, see :func:`j4r.precision.resolve_precision`): bf16
     runs the convolutions under autocast in channels_last, while the colour conversion, the
     clamped background and the recurrent memory carried to the next frame stay fp32 (a bf16
@@ -90,5 +92,5 @@ def derain_rgb_step(
         memory = model.initial_state(luma)
     out, memory = step_at_precision(model, luma, memory, precision)
     background = out.background.clamp(0.0, 1.0)
-    rgb = with_luma(ycbcr, background)
+    rgb = with_luma(ycbcr, background, chroma_fill=model.chroma_fill)
     return rgb, out, memory

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from j4r.arch import presence_scale
-from j4r.color import rgb_to_ycbcr, with_luma
+from j4r.color import CHROMA_FILL_ALIGN, CHROMA_FILL_REACH, rgb_to_ycbcr, with_luma
 
 ALPHA_BINS = 4096  # histogram of P(α = 1) per tiled frame, for its 95th percentile
 
@@ -176,6 +176,7 @@ def derain_tiled_frame(
     memories: MutableSequence,
     *,
     presence_ramp: tuple[float, float],
+    chroma_fill: bool,
     device: str | torch.device = "cpu",
     band_rows: int = 256,
 ) -> tuple[torch.Tensor, TiledStats]:
@@ -192,8 +193,11 @@ def derain_tiled_frame(
     cores' share of the frame as weights (the head is affine in mean-pooled evidence, so this
     is the whole frame's logit up to the evidence near tile edges), and the frame's scale
     (:func:`j4r.arch.presence_scale` with the network's ``presence_ramp``) is applied once to
-    the blend. ``presence_ramp`` has no default on purpose: the step hands back logits, not
-    the model, and a caller that left it out would scale tiled frames unlike whole ones.
+    the blend. ``presence_ramp`` and ``chroma_fill`` (the network's: chroma restored where
+    the luma changed, :func:`j4r.color.fill_chroma`, on bands with enough rows above and below
+    to come out as in the whole frame) have no default on purpose: the step hands back
+    logits, not the model, and a caller that left them out would finish tiled frames unlike
+    whole ones.
     """
     h, w, _ = frame_hw3_u8.shape
     if (h, w) != (grid.height, grid.width):
@@ -231,13 +235,16 @@ def derain_tiled_frame(
     rain_probability = float(torch.sigmoid(frame_logit))
     scale = float(presence_scale(frame_logit, presence_ramp))
     out_hw3 = torch.empty_like(frame_hw3_u8)
+    reach = CHROMA_FILL_REACH if chroma_fill else 0
     for top in range(0, h, band_rows):
-        band = frame_hw3_u8[top : top + band_rows].permute(2, 0, 1).float().div_(255.0)
+        lo = max(0, top - reach) // CHROMA_FILL_ALIGN * CHROMA_FILL_ALIGN
+        hi = min(h, top + band_rows + reach)
+        band = frame_hw3_u8[lo:hi].permute(2, 0, 1).float().div_(255.0)
         ycbcr = rgb_to_ycbcr(band)
-        local = luma[None, top : top + band_rows]
+        local = luma[None, lo:hi]
         if scale < 1.0:  # O + s (B̂_local − O); s == 1 keeps gate-less nets exact
             local = ycbcr[:1] + scale * (local - ycbcr[:1])
-        rgb = with_luma(ycbcr, local)
+        rgb = with_luma(ycbcr, local, chroma_fill=chroma_fill)[:, top - lo : top - lo + band_rows]
         out_hw3[top : top + band_rows] = (
             rgb.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0)
         )

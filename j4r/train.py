@@ -210,6 +210,7 @@ def check_init_from(folder: str | Path, net: NetConfig) -> tuple[list[str], list
     added = [f for f in ADDABLE_HEADS if getattr(net, f) and not getattr(info.net, f)]
     dropped = [f for f in DROPPABLE_HEADS if getattr(info.net, f) and not getattr(net, f)]
     settings = {f: getattr(net, f) for f in added + dropped}
+    settings["chroma_fill"] = net.chroma_fill  # how the output becomes RGB, not a weight
     if net.rain_presence:  # smoothing and ramp are settings of the head, not weights
         settings.update(presence_smoothing=net.presence_smoothing, presence_ramp=net.presence_ramp)
     if dropped:  # the head stays behind with all its settings

@@ -58,13 +58,15 @@ def test_shipped_checkpoint_loads_and_is_small():
     assert (DEFAULT_CHECKPOINT / "MODEL_CARD.md").exists()
     model, _ = load_checkpoint()
     assert info.name.startswith("j4r-")
-    # The single-frame model has the same trunk; only the full network carries the heads.
+    # The single-frame model has the same trunk; only the full network carries the heads (and
+    # restores chroma, which is no weight).
     stage1 = read_info(DEFAULT_CHECKPOINT / "stage1").net
     no_heads = {
         "rain_gate": False,
         "rain_presence": False,
         "presence_smoothing": 0.0,
         "presence_ramp": (0.0, 1.0),
+        "chroma_fill": False,
     }
     assert dataclasses.replace(stage1, **no_heads) == dataclasses.replace(info.net, **no_heads)
     assert not model.training

@@ -68,11 +68,10 @@ def test_shipped_checkpoint_removes_rain():
 
 @pytest.mark.slow
 def test_shipped_checkpoint_does_less_harm_than_its_predecessor():
-    """Floors under the measured figures at this size (2026.12.07.2: 94.8 dB clean mean, 54.7
-    worst clip, +1.00 dB foreign-light gain; 2026.12.07: 105.7 / 64.2 / +0.80; 2026.12.04:
-    49.5 / 34.3 / +1.02; 2026.12.03:
-    41.7 / 30.2 / +0.47; 2026.12.02: 33.2 / 26.8 / +0.58; 2026.12.01: 30.8 / 27.0 / +0.67;
-    2026.11.30: 22.8 / 16.7 / -2.45)."""
+    """Floors under the measured figures at this size (2026.12.07.3 and 2026.12.07.2: 94.8 dB
+    clean mean, 54.7 worst clip, +1.00 dB foreign-light gain; 2026.12.07: 105.7 / 64.2 /
+    +0.80; 2026.12.04: 49.5 / 34.3 / +1.02; 2026.12.03: 41.7 / 30.2 / +0.47; 2026.12.02: 33.2
+    / 26.8 / +0.58; 2026.12.01: 30.8 / 27.0 / +0.67; 2026.11.30: 22.8 / 16.7 / -2.45)."""
     from j4r.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint()

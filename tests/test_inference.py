@@ -16,8 +16,9 @@ import torch
 
 import j4r.precision as precision_module
 from j4r.checkpoint import load_checkpoint
+from j4r.config import net_config
 from j4r.metrics import psnr
-from j4r.model import AtPrecision, derain_rgb_step
+from j4r.model import AtPrecision, build_model, derain_rgb_step
 from j4r.precision import resolve_precision
 from j4r.tiling import ALPHA_BINS, TiledStats, derain_tiled_frame, plan_spans, plan_tiles
 from pipeline.cli.main import main
@@ -124,11 +125,16 @@ def test_tile_grid_keeps_the_budget():
         plan_tiles(1000, 1000, 100 * 100, 64)
 
 
-def run_tiled(step, frames_thwc_u8, grid, memories, presence_ramp=(0.0, 1.0)):
+def run_tiled(step, frames_thwc_u8, grid, memories, presence_ramp=(0.0, 1.0), chroma_fill=False):
     outs = []
     for frame in frames_thwc_u8:
         out, _ = derain_tiled_frame(
-            step, torch.from_numpy(frame), grid, memories, presence_ramp=presence_ramp
+            step,
+            torch.from_numpy(frame),
+            grid,
+            memories,
+            presence_ramp=presence_ramp,
+            chroma_fill=chroma_fill,
         )
         outs.append(out.numpy())
     return np.stack(outs)
@@ -145,7 +151,9 @@ def test_tiled_output_matches_untiled_with_the_shipped_model():
     def step(rgb, memory):
         return derain_rgb_step(model, rgb, memory)
 
-    tiled = run_tiled(step, frames, grid, [None] * len(grid), model.presence_ramp)
+    tiled = run_tiled(
+        step, frames, grid, [None] * len(grid), model.presence_ramp, model.chroma_fill
+    )
     memory = None
     for t, frame in enumerate(frames):
         rgb = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
@@ -153,6 +161,35 @@ def test_tiled_output_matches_untiled_with_the_shipped_model():
         whole_u8 = (whole[0].permute(1, 2, 0) * 255).round().byte().numpy()
         mse = np.mean((tiled[t].astype(float) - whole_u8) ** 2)
         assert mse == 0 or 10 * np.log10(255**2 / mse) >= 45, (t, mse)
+
+
+def test_tiled_chroma_fill_in_bands_matches_one_band():
+    """Tiled frames restore chroma in bands of rows, each with CHROMA_FILL_REACH rows more
+    around it: bands of 20 rows give the frame one band of all rows gives (to one 8-bit level,
+    from float rounding), and chroma is really restored (the output differs from pass-through)."""
+    torch.manual_seed(0)
+    net = net_config("tiny", chroma_fill=True)
+    model = build_model(net).eval()
+    frames = moving_frames_thwc_u8(3, 96, 64, seed=6)
+    grid = plan_tiles(96, 64, 48 * 64, 12)
+
+    def step(rgb, memory):
+        return derain_rgb_step(model, rgb, memory)
+
+    def tiled(band_rows, chroma_fill=True):
+        memories: list = [None] * len(grid)
+        outs = []
+        for frame in frames:
+            out, _ = derain_tiled_frame(
+                step, torch.from_numpy(frame), grid, memories, presence_ramp=(0.0, 1.0),
+                chroma_fill=chroma_fill, band_rows=band_rows,
+            )  # fmt: skip
+            outs.append(out.numpy().astype(int))
+        return np.stack(outs)
+
+    one_band = tiled(10_000)
+    assert np.abs(tiled(20) - one_band).max() <= 1
+    assert np.abs(tiled(10_000, chroma_fill=False) - one_band).max() > 2
 
 
 def test_tiled_chunked_equals_one_pass_and_memory_is_carried(tiny_checkpoint, tmp_path):

@@ -63,6 +63,9 @@ def test_fine_tuning_adds_a_gate_to_a_checkpoint_without_one(tmp_path):
     initialise_from(model, tmp_path / "ck", gated_net)
     for key, value in plain.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+    # How the output becomes RGB is no weight: it follows the new run's config either way.
+    filling = dataclasses.replace(gated_net, chroma_fill=True)
+    initialise_from(build_model(filling), tmp_path / "ck", filling)
     # The reverse (dropping a trained gate) and other size changes are refused.
     with pytest.raises(ValueError, match="differs"):
         initialise_from(build_model(net_config("small")), tmp_path / "ck", net_config("small"))

@@ -126,7 +126,7 @@ def test_tiles_reach_the_whole_frame_presence_decision(ramp, persistence):
     for t in range(3):
         tiled, stats = derain_tiled_frame(
             lambda rgb, m: derain_rgb_step(model, rgb, m), torch.from_numpy(frames[t]), grid,
-            memories, presence_ramp=model.presence_ramp,
+            memories, presence_ramp=model.presence_ramp, chroma_fill=model.chroma_fill,
         )  # fmt: skip
         rgb = torch.from_numpy(frames[t]).permute(2, 0, 1)[None].float() / 255
         whole, out, memory = derain_rgb_step(model, rgb, memory)

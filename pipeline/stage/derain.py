@@ -210,7 +210,13 @@ def _tiled_frame(step: Callable, frame_hw3_u8: np.ndarray, tiled, device: str):
 
     frame = torch.from_numpy(np.ascontiguousarray(frame_hw3_u8))
     out, stats = derain_tiled_frame(
-        step, frame, tiled.grid, tiled.memories, device=device, presence_ramp=tiled.presence_ramp
+        step,
+        frame,
+        tiled.grid,
+        tiled.memories,
+        device=device,
+        presence_ramp=tiled.presence_ramp,
+        chroma_fill=tiled.chroma_fill,
     )
     return out.numpy(), stats
 
@@ -304,7 +310,13 @@ class DerainStage:
         from pipeline.stage.tiles import TiledClip
 
         return TiledClip.for_frame(
-            width, height, self.config, self.channels, self.device, self.model.presence_ramp
+            width,
+            height,
+            self.config,
+            self.channels,
+            self.device,
+            self.model.presence_ramp,
+            self.model.chroma_fill,
         )
 
     def process(

@@ -169,6 +169,7 @@ class TiledClip:
     grid: object  # j4r.tiling.TileGrid
     memories: object  # list, or SpilledMemories
     presence_ramp: tuple[float, float] = (0.0, 1.0)  # the network's (applied per frame)
+    chroma_fill: bool = False  # the network's (how its luma is turned back into RGB)
 
     @classmethod
     def for_frame(
@@ -179,6 +180,7 @@ class TiledClip:
         channels: int,
         device: str,
         presence_ramp: tuple[float, float] = (0.0, 1.0),
+        chroma_fill: bool = False,
     ) -> TiledClip | None:
         grid = tiles_for(width, height, config, channels)
         if grid is None:
@@ -192,7 +194,7 @@ class TiledClip:
             )  # fmt: skip
         else:
             memories = [None] * len(grid)
-        return cls(grid, memories, presence_ramp)
+        return cls(grid, memories, presence_ramp, chroma_fill)
 
     def close(self) -> None:
         if isinstance(self.memories, SpilledMemories):
