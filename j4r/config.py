@@ -138,6 +138,10 @@ class TrainConfig:
     # alone, so a frame mostly covered by rain still pays in full for what it changes between
     # the streaks (0 = off, as in rounds 1-8).
     lambda_keep: float = 0.0
+    # The joint term's error: "mse" (the paper's) or "charbonnier" (a smooth L1, which weighs
+    # small errors, faint rain left or texture changed, more and large ones less;
+    # j4r.losses.joint_error).
+    joint_loss: str = "mse"
     lambda_presence: float = 1e-2  # rain-presence loss (networks with ``rain_presence`` only)
     presence_threshold_db: float = 40.0  # a frame whose rain costs more PSNR than this is rainy
     presence_lr_scale: float = 1.0  # stage 2: the presence head's learning rate relative to lr
@@ -147,6 +151,13 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every_s: float = 120.0
     clip: ClipConfig = field(default_factory=ClipConfig)
+
+    def __post_init__(self) -> None:
+        if self.joint_loss not in JOINT_LOSSES:
+            raise ValueError(f"joint_loss must be one of {JOINT_LOSSES}, not {self.joint_loss!r}")
+
+
+JOINT_LOSSES = ("mse", "charbonnier")
 
 
 NET_PRESETS: dict[str, dict[str, Any]] = {

@@ -81,3 +81,20 @@ def test_lambda_keep_adds_the_term_and_zero_leaves_the_loss_as_before():
     assert on.keep.item() == pytest.approx(keep_loss(background, clean, untouched).item())
     assert (on.total - off.total).item() == pytest.approx(5.0 * on.keep.item(), rel=1e-5)
     assert on.joint == off.joint
+
+
+def test_the_charbonnier_joint_loss_pulls_like_mse_at_six_levels_and_harder_below():
+    from j4r.losses import joint_error
+
+    clean = torch.zeros(1, 1, 1, 1, 2)
+    grads = {}
+    for kind in ("mse", "charbonnier"):
+        for error in (0.025, 0.005):
+            background = torch.tensor([[[[[error, 0.0]]]]], requires_grad=True)
+            joint_error(background, clean, kind).backward()
+            grads[kind, error] = float(background.grad[0, 0, 0, 0, 0])
+    assert grads["charbonnier", 0.025] == pytest.approx(grads["mse", 0.025], rel=0.01)
+    # A faint streak left behind (about one level) is pulled 4x harder than MSE pulls it.
+    assert grads["charbonnier", 0.005] > 4 * grads["mse", 0.005]
+    with pytest.raises(ValueError, match="joint_loss"):
+        train_config("tiny", joint_loss="l3")
