@@ -52,7 +52,7 @@ def with_luma(
 # at which a pixel's own chroma is trusted e^-1 as much as an untouched pixel's, the
 # neighbourhoods chroma is drawn from, narrowest first (Gaussian width in px, and the grid
 # they are blurred on: wide ones on a coarser one, which costs a fraction of the time), the
-# share of trusted weight a neighbourhood needs before a wider one is not consulted, and the
+# share of trusted weight under which a neighbourhood hands over to the next wider one, and the
 # luma difference between a pixel's output and its trusted neighbours' at which it takes e^-1
 # of their colour.
 CHROMA_TRUST_CHANGE = 0.06
@@ -103,17 +103,16 @@ def fill_chroma(ycbcr: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     Why: rain is near-neutral. A streak added to a picture leaves its chroma as it was, but a
     drop that hides the background (α = 1), a streak that blends toward refracted light, a
     haze, and a streak clipped at white all pull chroma toward grey, so a pass-through leaves
-    grey blots where the network restored the luma under them (measured: 0.7 dB RGB PSNR on
-    the project's heavy rain). Each pixel's chroma is trusted ``exp(-(ΔY / 0.06)²)``, with
-    ``ΔY`` its luma change; the untrusted share is replaced by the trust-weighted mean chroma
-    of its neighbourhood (normalised convolution, widening from 2 to 18 px where too few
+    grey blots where the network restored the luma under them (the fill wins back 0.5 dB RGB
+    PSNR on the project's heavy rain). Each pixel's chroma is trusted ``exp(-(ΔY / 0.06)²)``,
+    with ``ΔY`` its luma change; the untrusted share is replaced by the trust-weighted mean
+    chroma of its neighbourhood (normalised convolution, widening from 2 to 18 px where too few
     neighbours are trusted), but only as far as that mean is more colourful than the pixel
     itself (in full from 0.02 more), since rain takes colour away and never adds it, and as far
-    as the pixel's new
-    luma matches its trusted neighbours' (``exp(-(ΔY / 0.1)²)``): a drop whose luma the network
-    restored takes the colour around it, a white pole the network dimmed by mistake is not
-    painted with the flowers behind it. A frame whose luma did not change
-    comes out bit for bit as it went in, and so does every pixel whose luma did not change.
+    as the pixel's new luma matches its trusted neighbours' (``exp(-(ΔY / 0.1)²)``): a drop
+    whose luma the network restored takes the colour around it, a white pole the network
+    dimmed by mistake is not painted with the flowers behind it. A frame whose luma did not
+    change comes out bit for bit as it went in, and so does every pixel whose luma did not.
     Values in [0, 1], chroma centred on 0.5.
     """
     shape = ycbcr.shape
