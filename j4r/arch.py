@@ -100,15 +100,32 @@ class FNet(nn.Module):
 
 
 class RNet(nn.Module):
-    """Rain removal from spatial appearance: ``F_t`` -> (hidden, ``Ŝ (b, 1, h, w)``)."""
+    """Rain removal: ``F_t`` (with ``sees_memory`` also ``H_{t-1}``) -> (hidden, ``Ŝ``).
 
-    def __init__(self, *, channels: int, blocks: int):
+    In the paper R-Net works from the current frame's appearance alone, so a thin bright pole
+    and a streak look alike to it. With ``sees_memory`` (beyond the paper) a bias-free conv of
+    the recurrent memory from before this frame is added to its input: what was already there
+    (a pole the camera pans over) can be told from what is new (rain falls). The conv starts at
+    zero, so a network given it behaves exactly as before until it learns, and with an empty
+    memory (a clip's first frame, the single-frame path) it is the spatial R-Net. ``Ŝ`` is
+    ``(b, 1, h, w)``, unbounded (``O − Ŝ`` is the streak-free estimate).
+    """
+
+    def __init__(self, *, channels: int, blocks: int, sees_memory: bool = False):
         super().__init__()
+        self.memory_input: nn.Conv2d | None = None
+        if sees_memory:
+            self.memory_input = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+            nn.init.zeros_(self.memory_input.weight)
         self.body = nn.Sequential(*[ResidualPair(channels=channels) for _ in range(blocks)])
         self.tail = nn.Sequential(conv3x3(channels, channels), nn.ReLU())
         self.streak = conv3x3(channels, 1)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, memory: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.memory_input is not None and memory is not None:
+            features = features + self.memory_input(memory)
         hidden = self.tail(self.body(features))
         return hidden, self.streak(hidden)
 
@@ -375,6 +392,7 @@ class J4RNet(nn.Module):
         presence_ramp: tuple[float, float] = (0.0, 1.0),
         presence_persistence: bool = False,
         chroma_fill: bool = False,
+        rnet_memory: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -382,7 +400,7 @@ class J4RNet(nn.Module):
         self.features = FeatureCNN(channels=channels)
         self.dnet = DNet(channels=channels, layers=dnet_layers)
         self.fnet = FNet(channels=channels)
-        self.rnet = RNet(channels=channels, blocks=rnet_blocks)
+        self.rnet = RNet(channels=channels, blocks=rnet_blocks, sees_memory=rnet_memory)
         self.cnet = CNet(channels=channels, blocks=cnet_blocks)
         self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
         self.gate = RainGate(channels=channels) if rain_gate else None
@@ -429,8 +447,8 @@ class J4RNet(nn.Module):
         )
         features = self.features(luma)
         alpha_logits = self.dnet(features, memory)
+        removal_hidden, streaks = self.rnet(features, memory)  # H_{t-1}: what was there before
         memory = self.fnet(features, memory, alpha_logits)
-        removal_hidden, streaks = self.rnet(features)
         reconstruction_hidden, detail = self.cnet(memory, features)
         streak_free = luma - streaks
         residual = self.jrc(

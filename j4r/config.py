@@ -40,6 +40,9 @@ class NetConfig:
     # left alone instead of passed through (rain greys colour; j4r.color.fill_chroma). Not a
     # weight: it only changes how the luma output is turned back into RGB.
     chroma_fill: bool = False
+    # Beyond the paper: R-Net also sees the recurrent memory from before the frame, so a
+    # structure that was already there can be told from a streak that is new (j4r.arch.RNet).
+    rnet_memory: bool = False
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,11 @@ def resume(
 
 # Heads beyond the paper that fine-tuning may add to a checkpoint that lacks them:
 # NetConfig field -> the module's state_dict prefix.
-ADDABLE_HEADS = {"rain_gate": "gate.", "rain_presence": "presence."}
+ADDABLE_HEADS = {
+    "rain_gate": "gate.",
+    "rain_presence": "presence.",
+    "rnet_memory": "rnet.memory_input.",
+}
 # The presence head only scales the finished local output, so the network under it can be
 # fine-tuned without it and a head fitted for the result afterwards (``derain fit-presence``).
 DROPPABLE_HEADS = {"rain_presence": "presence."}
@@ -218,8 +222,8 @@ def check_init_from(folder: str | Path, net: NetConfig) -> tuple[list[str], list
     if dataclasses.replace(info.net, **settings) != net:
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
-            " (set net.* to match it; only rain_gate and rain_presence may be added, and only"
-            " rain_presence dropped)"
+            " (set net.* to match it; only rain_gate, rain_presence and rnet_memory may be"
+            " added, and only rain_presence dropped)"
         )
     return added, dropped
 
@@ -227,9 +231,10 @@ def check_init_from(folder: str | Path, net: NetConfig) -> tuple[list[str], list
 def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[str, str]:
     """Copy a checkpoint's weights into ``model``; returns its identity.
 
-    The network config must match, except that a checkpoint without a rain gate or a
-    presence head may start a network with one (the new head keeps its fresh initialisation:
-    nearly open, see :class:`j4r.arch.RainGate` and :class:`j4r.arch.RainPresence`), and that
+    The network config must match, except that a checkpoint without a rain gate, a
+    presence head or R-Net's view of the memory may start a network with one (the new part
+    keeps its fresh initialisation: nearly open, see :class:`j4r.arch.RainGate` and
+    :class:`j4r.arch.RainPresence`; zero, see :class:`j4r.arch.RNet`), and that
     a checkpoint's presence head may be left behind (to fine-tune the network and fit a head
     for it afterwards).
     """
