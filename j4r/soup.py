@@ -15,6 +15,9 @@ from j4r.checkpoint import CheckpointError, ModelInfo, load_checkpoint
 # NetConfig fields that must agree for tensors to line up and mean the same thing.
 ARCHITECTURE_FIELDS = ("channels", "rnet_blocks", "cnet_blocks", "jrc_blocks", "dnet_layers",
                        "rain_gate")  # fmt: skip
+# Parts a network may have and the other lack, because at zero they change nothing: a network
+# without one computes what it would with the part's weights at zero, so those are averaged in.
+ZERO_WHEN_ABSENT = {"rnet_memory": "rnet.memory_input."}
 
 
 def average_weights(first: str | Path, second: str | Path, *, share: float):
@@ -26,6 +29,8 @@ def average_weights(first: str | Path, second: str | Path, *, share: float):
     ``ValueError`` where ``share`` is outside [0, 1].
     """
     import dataclasses
+
+    import torch
 
     from j4r.model import build_model
 
@@ -40,13 +45,14 @@ def average_weights(first: str | Path, second: str | Path, *, share: float):
             f"{first} and {second} differ in {', '.join(differ)}: only fine-tunes of one "
             "network can be averaged"
         )
-    net = dataclasses.replace(info_a.net, rain_presence=False, presence_ramp=(0.0, 1.0))
+    either = {f: getattr(info_a.net, f) or getattr(info_b.net, f) for f in ZERO_WHEN_ABSENT}
+    net = dataclasses.replace(info_a.net, rain_presence=False, presence_ramp=(0.0, 1.0), **either)
     model = build_model(net).eval()
     a, b = model_a.state_dict(), model_b.state_dict()
-    state = {
-        key: (1.0 - share) * a[key] + share * b[key] if a[key].is_floating_point() else a[key]
-        for key in model.state_dict()
-    }
+    state = {}
+    for key, like in model.state_dict().items():
+        x, y = a.get(key, torch.zeros_like(like)), b.get(key, torch.zeros_like(like))
+        state[key] = (1.0 - share) * x + share * y if x.is_floating_point() else x
     model.load_state_dict(state)
     return model, dataclasses.replace(info_a, net=net)
 

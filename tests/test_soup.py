@@ -40,6 +40,27 @@ def test_the_average_lies_between_and_its_ends_are_the_networks(pair):
     assert not any(k.startswith("presence.") for k in start)  # fitted to one network only
 
 
+@torch.no_grad()
+def test_a_part_only_one_network_has_is_averaged_with_zero(pair, tmp_path):
+    first, _ = pair
+    torch.manual_seed(5)
+    config = net_config("tiny", rain_gate=True, rnet_memory=True)
+    seeing = build_model(config)
+    seeing.rnet.memory_input.weight.normal_(std=0.1)
+    save_checkpoint(seeing, tmp_path / "m", name="j4r-tiny", version="m", net=config)
+    half, info = average_weights(first, tmp_path / "m", share=0.5)
+    assert info.net.rnet_memory
+    w = seeing.rnet.memory_input.weight
+    torch.testing.assert_close(half.rnet.memory_input.weight, w / 2)
+    # ...which is what the network without the part computes: at zero it does nothing.
+    without, _ = average_weights(first, tmp_path / "m", share=0.0)
+    plain, _ = load_checkpoint(first)
+    plain.presence = None
+    clip = torch.rand(1, 3, 1, 12, 14, generator=torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(without.rnet.memory_input.weight) == 0
+    torch.testing.assert_close(without(clip)[0].local_background, plain(clip)[0].local_background)
+
+
 def test_networks_of_different_shapes_or_a_share_outside_0_1_are_refused(pair, tmp_path):
     first, _ = pair
     other = tiny(tmp_path / "c", 3, rain_gate=False)
