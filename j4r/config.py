@@ -137,6 +137,9 @@ class TrainConfig:
     lambda_gate: float = 1e-2  # rain-gate mask loss (networks with ``rain_gate`` only)
     gate_threshold: float = 0.01  # luma change that counts as "touched by rain"
     gate_lr_scale: float = 1.0  # stage 2: the rain gate's learning rate relative to lr
+    # Stage 2: R-Net's view of the memory (net.rnet_memory), relative to lr: it starts at zero
+    # in a trained network and at the base rate barely moves in a fine-tune.
+    rnet_memory_lr_scale: float = 1.0
     # Stage 2: the squared change on pixels rain did not touch, averaged over those pixels
     # alone, so a frame mostly covered by rain still pays in full for what it changes between
     # the streaks (0 = off, as in rounds 1-8).

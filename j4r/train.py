@@ -58,7 +58,9 @@ def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.opti
     presence = [] if model.presence is None else list(model.presence.parameters())
     trunk = list(model.features.parameters())
     gate = [] if model.gate is None else list(model.gate.parameters())
-    special = {id(p) for p in trunk + gate + presence}
+    seeing = model.rnet.memory_input
+    memory_view = [] if seeing is None else list(seeing.parameters())
+    special = {id(p) for p in trunk + gate + presence + memory_view}
     rest = [p for p in model.parameters() if id(p) not in special]
     groups = [
         {"params": trunk, "lr_scale": config.trunk_lr_scale},
@@ -66,6 +68,8 @@ def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.opti
     ]
     if gate:
         groups.append({"params": gate, "lr_scale": config.gate_lr_scale})
+    if memory_view:
+        groups.append({"params": memory_view, "lr_scale": config.rnet_memory_lr_scale})
     if presence:
         groups.append({"params": presence, "lr_scale": config.presence_lr_scale})
     return torch.optim.Adam(groups, lr=config.lr_start)

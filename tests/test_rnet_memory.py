@@ -69,3 +69,15 @@ def test_fine_tuning_adds_the_memory_input_to_a_checkpoint_without_it(tmp_path):
     out, _ = model(x)
     out.streaks[:, 1:].square().sum().backward()
     assert model.rnet.memory_input.weight.grad.abs().sum() > 0
+
+
+def test_the_memory_view_learns_at_its_own_rate():
+    from j4r.config import train_config
+    from j4r.train import make_optimizer
+
+    model = tiny(True)
+    config = train_config("tiny", gate_lr_scale=5.0, rnet_memory_lr_scale=30.0)
+    groups = make_optimizer(model, 2, config).param_groups
+    assert [g["lr_scale"] for g in groups] == [0.01, 1.0, 5.0, 30.0]
+    assert groups[3]["params"] == [model.rnet.memory_input.weight]
+    assert all(model.rnet.memory_input.weight is not p for p in groups[1]["params"])
