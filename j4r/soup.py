@@ -49,9 +49,18 @@ def average_weights(first: str | Path, second: str | Path, *, share: float):
     net = dataclasses.replace(info_a.net, rain_presence=False, presence_ramp=(0.0, 1.0), **either)
     model = build_model(net).eval()
     a, b = model_a.state_dict(), model_b.state_dict()
+    absent_is_zero = tuple(ZERO_WHEN_ABSENT.values())
+
+    def weight(state: dict, key: str, like: torch.Tensor) -> torch.Tensor:
+        if key in state:
+            return state[key]
+        if key.startswith(absent_is_zero):
+            return torch.zeros_like(like)
+        raise CheckpointError(f"{first} and {second}: {key} is in one network only")
+
     state = {}
     for key, like in model.state_dict().items():
-        x, y = a.get(key, torch.zeros_like(like)), b.get(key, torch.zeros_like(like))
+        x, y = weight(a, key, like), weight(b, key, like)
         state[key] = (1.0 - share) * x + share * y if x.is_floating_point() else x
     model.load_state_dict(state)
     return model, dataclasses.replace(info_a, net=net)
