@@ -346,6 +346,86 @@ def smooth_presence(
     return total / weight, new_state
 
 
+# The veil head's largest haze share: a downpour's veil rarely hides more than this, and
+# 1 / (1 − v) would amplify the frame's noise without bound as v nears 1.
+VEIL_MAX = 0.45
+# A fresh head's haze logit: v = VEIL_MAX σ(−30) ≈ 4e−14, the frame as it came.
+CLOSED_VEIL_LOGIT = -30.0
+
+
+class VeilHead(nn.Module):
+    """How much a downpour's haze hides: per-pixel evidence, mean-pooled, -> two logits.
+
+    Not in the paper. Dense rain veils the whole scene, ``O = (1 − v) X + v L`` (``X`` the
+    frame behind the veil, ``L`` the brightness of the rain volume): the dark parts of the
+    picture rise and contrast falls everywhere at once. A net of 3x3 convolutions sees a
+    patch, and in one patch a veil and a bright, low-contrast surface look alike, so the
+    trunk leaves the veil as it came. Over the whole frame they do not: this head estimates
+    ``(v, L)`` per frame and :func:`lift_veil` undoes it.
+
+    Built like :class:`RainPresence` (a per-pixel MLP over what the network knows at each
+    pixel, the input luma and the local output; the mean over the frame; an affine
+    decision), so it can be fitted on pixel samples of a frozen network (:mod:`j4r.veil`)
+    and a frame run as tiles gets the estimate it would get whole. Its logits map to
+    ``v = VEIL_MAX σ(z_0)`` and ``L = σ(z_1)``: the correction can only lift a veil, never
+    shrink the picture. A fresh head is closed (``z_0 = −30``, ``v ≈ 4e−14``).
+    """
+
+    def __init__(self, *, in_channels: int, hidden: int = 32, evidence_channels: int = 16):
+        super().__init__()
+        self.in_channels = in_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, evidence_channels, kernel_size=1),
+            nn.ReLU(),
+        )
+        self.decision = nn.Linear(evidence_channels, 2)
+        nn.init.zeros_(self.decision.weight)
+        with torch.no_grad():
+            self.decision.bias.copy_(torch.tensor([CLOSED_VEIL_LOGIT, 1.0]))
+
+    @staticmethod
+    def inputs(
+        presence_inputs: torch.Tensor, luma: torch.Tensor, local_background: torch.Tensor
+    ) -> torch.Tensor:
+        """What the evidence sees per pixel: the presence head's inputs, ``O`` and ``B̂_local``."""
+        return torch.cat([presence_inputs, luma.to(presence_inputs.dtype),
+                          local_background.to(presence_inputs.dtype)], 1)  # fmt: skip
+
+    def evidence(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-pixel evidence ``(b, evidence_channels, h, w)``, non-negative."""
+        return self.body(inputs)
+
+    @staticmethod
+    def pool(evidence: torch.Tensor) -> torch.Tensor:
+        """``(b, k, h, w)`` -> ``(b, k)``: the frame's mean evidence."""
+        return evidence.float().mean(dim=(-2, -1))
+
+    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled evidence ``(b, k)`` -> veil logits ``(b, 2)``: ``(z_v, z_L)``."""
+        return self.decision(pooled.to(self.decision.weight.dtype))
+
+
+def veil_parameters(veil_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Veil logits ``(b, 2)`` -> the haze share ``v`` in ``[0, VEIL_MAX)`` and its level ``L``
+    in (0, 1), each ``(b, 1, 1, 1)`` to broadcast over a frame."""
+    z = veil_logits.float()[:, :, None, None]
+    return VEIL_MAX * torch.sigmoid(z[:, :1]), torch.sigmoid(z[:, 1:2])
+
+
+def lift_veil(luma: torch.Tensor, veil_logits: torch.Tensor) -> torch.Tensor:
+    """``(X − v L) / (1 − v)``: the frame ``(b, 1, h, w)`` with the estimated veil undone."""
+    share, level = veil_parameters(veil_logits)
+    return ((luma.float() - share * level) / (1.0 - share)).to(luma.dtype)
+
+
+def lay_veil(luma: torch.Tensor, veil_logits: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`lift_veil`: ``(1 − v) X + v L``."""
+    share, level = veil_parameters(veil_logits)
+    return ((1.0 - share) * luma.float() + share * level).to(luma.dtype)
+
+
 # A gate logit that σ maps to 1.0 in fp32: networks without a gate change every pixel, and
 # networks without a presence head treat every frame as rainy.
 OPEN_GATE_LOGIT = 30.0
@@ -361,6 +441,9 @@ class StepOutput(NamedTuple):
     gate_logits: torch.Tensor  # (b, 1, h, w); σ = share of the change applied (1: no gate)
     presence_logits: torch.Tensor  # (b, 1); σ = P(rain in this frame) (1: no presence head)
     local_background: torch.Tensor  # B̂ before the frame's presence scale, (b, 1, h, w)
+    # (b, 2): the frame's veil logits (j4r.arch.veil_parameters); (b, 0) without a veil head.
+    # local_background already has the veil lifted.
+    veil_logits: torch.Tensor
 
 
 class ClipOutput(NamedTuple):
@@ -373,6 +456,7 @@ class ClipOutput(NamedTuple):
     gate_logits: torch.Tensor
     presence_logits: torch.Tensor
     local_background: torch.Tensor
+    veil_logits: torch.Tensor
 
 
 class J4RNet(nn.Module):
@@ -393,6 +477,7 @@ class J4RNet(nn.Module):
         presence_persistence: bool = False,
         chroma_fill: bool = False,
         rnet_memory: bool = False,
+        veil_head: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -409,6 +494,9 @@ class J4RNet(nn.Module):
             if rain_presence
             else None
         )
+        if veil_head and self.presence is None:
+            raise ValueError("veil_head needs rain_presence: the veil head reads its inputs")
+        self.veil = VeilHead(in_channels=self.presence.in_channels + 2) if veil_head else None
         if not 0.0 <= presence_smoothing < 1.0:
             raise ValueError(f"presence_smoothing must be in [0, 1), not {presence_smoothing}")
         self.presence_smoothing = presence_smoothing
@@ -461,30 +549,40 @@ class J4RNet(nn.Module):
             gate_logits = self.gate(removal_hidden, reconstruction_hidden, alpha_logits)
             background = luma + torch.sigmoid(gate_logits) * (background - luma)
         local = background
+        veil_logits = luma.new_zeros(luma.shape[0], 0)
         if self.presence is None:
             presence_logits = luma.new_full((luma.shape[0], 1), OPEN_GATE_LOGIT)
         else:
             persistence = None
             if self.presence.persistence:
                 persistence, change_state = change_persistence(local - luma, change_state)
-            evidence = self.presence.evidence(
-                self.presence.inputs(
-                    removal_hidden,
-                    reconstruction_hidden,
-                    alpha_logits,
-                    gate_logits,
-                    local - luma,
-                    persistence,
-                )
+            inputs = self.presence.inputs(
+                removal_hidden,
+                reconstruction_hidden,
+                alpha_logits,
+                gate_logits,
+                local - luma,
+                persistence,
             )
-            frame_logits = self.presence.decide(self.presence.pool(evidence))
+            frame_logits = self.presence.decide(self.presence.pool(self.presence.evidence(inputs)))
             presence_logits, presence_state = smooth_presence(
                 frame_logits, presence_state, self.presence_smoothing
             )
+            if self.veil is not None:
+                veil_inputs = self.veil.inputs(inputs, luma, local)
+                veil_logits = self.veil.decide(self.veil.pool(self.veil.evidence(veil_inputs)))
+                local = lift_veil(local, veil_logits)
             background = apply_presence(luma, local, presence_logits, self.presence_ramp)
             memory = torch.cat([memory.float(), presence_state, change_state.float()], dim=1)
         out = StepOutput(
-            background, streaks, alpha_logits, detail, gate_logits, presence_logits, local
+            background,
+            streaks,
+            alpha_logits,
+            detail,
+            gate_logits,
+            presence_logits,
+            local,
+            veil_logits,
         )
         return out, memory
 

@@ -43,6 +43,9 @@ class NetConfig:
     # Beyond the paper: R-Net also sees the recurrent memory from before the frame, so a
     # structure that was already there can be told from a streak that is new (j4r.arch.RNet).
     rnet_memory: bool = False
+    # Beyond the paper: a frame-level estimate of a downpour's haze, undone before the presence
+    # scale (j4r.arch.VeilHead; needs rain_presence). Fitted on a frozen network: derain fit-veil.
+    veil_head: bool = False
 
 
 @dataclass(frozen=True)

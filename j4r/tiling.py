@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from j4r.arch import presence_scale
+from j4r.arch import lay_veil, lift_veil, presence_scale
 from j4r.color import CHROMA_FILL_ALIGN, CHROMA_FILL_REACH, rgb_to_ycbcr, with_luma
 
 ALPHA_BINS = 4096  # histogram of P(α = 1) per tiled frame, for its 95th percentile
@@ -169,6 +169,12 @@ class TiledStats(NamedTuple):
 StepFn = Callable[[torch.Tensor, torch.Tensor | None], tuple]
 
 
+def _core_share(rows: Span, cols: Span, height: int, width: int) -> float:
+    """The share of the frame a tile's core covers (each pixel is in one core)."""
+    core = (rows.core_stop - rows.core_start) * (cols.core_stop - cols.core_start)
+    return core / (height * width)
+
+
 def derain_tiled_frame(
     step: StepFn,
     frame_hw3_u8: torch.Tensor,
@@ -193,7 +199,10 @@ def derain_tiled_frame(
     cores' share of the frame as weights (the head is affine in mean-pooled evidence, so this
     is the whole frame's logit up to the evidence near tile edges), and the frame's scale
     (:func:`j4r.arch.presence_scale` with the network's ``presence_ramp``) is applied once to
-    the blend. ``presence_ramp`` and ``chroma_fill`` (the network's: chroma restored where
+    the blend. A veil head's estimate (:class:`j4r.arch.VeilHead`, built the same way) is the
+    frame's too: each tile's veil is laid back on its local output before the blend, and the
+    frame's, from the tiles' logits averaged likewise, is lifted from the blend.
+    ``presence_ramp`` and ``chroma_fill`` (the network's: chroma restored where
     the luma changed, :func:`j4r.color.fill_chroma`, on bands with enough rows above and below
     to come out as in the whole frame) have no default on purpose: the step hands back
     logits, not the model, and a caller that left them out would finish tiled frames unlike
@@ -207,6 +216,7 @@ def derain_tiled_frame(
     luma = torch.zeros(h, w)
     hist = torch.zeros(ALPHA_BINS, dtype=torch.float64)
     alpha_sum = streak_sum = change_sum = presence_logit = 0.0
+    veil_logits: torch.Tensor | None = None  # the frame's, summed over tiles (veil heads)
     over_half = 0
     for index, (rows, cols) in enumerate(grid.tiles):
         crop = frame_hw3_u8[rows.start : rows.stop, cols.start : cols.stop]
@@ -214,7 +224,15 @@ def derain_tiled_frame(
         _, out, memory = step(rgb, memories[index])
         memories[index] = memory
         # Before the presence scale, which is the frame's (applied below), not this tile's.
-        background = out.local_background.clamp(0.0, 1.0)[0, 0].float().cpu()
+        background = out.local_background.float()
+        core_share = _core_share(rows, cols, h, w)
+        if out.veil_logits.shape[-1]:  # the tile's own veil back on; the frame's lifted below
+            tile_veil = out.veil_logits.float()
+            background = lay_veil(background, tile_veil)
+            veil_logits = core_share * tile_veil + (0.0 if veil_logits is None else veil_logits)
+        else:
+            background = background.clamp(0.0, 1.0)
+        background = background[0, 0].cpu()
         weight = torch.tensor(rows.weights)[:, None] * torch.tensor(cols.weights)[None, :]
         luma[rows.start : rows.stop, cols.start : cols.stop] += background * weight
         # Statistics over the core only (each pixel counted once).
@@ -226,11 +244,13 @@ def derain_tiled_frame(
         hist += torch.histc(prob.flatten(), bins=ALPHA_BINS, min=0.0, max=1.0).double()
         streak_sum += float(out.streaks[0, 0, ys, xs].float().abs().sum(dtype=torch.float64))
         input_luma = rgb_to_ycbcr(rgb[0, :, ys, xs])[0].cpu()
-        change_sum += float((background[ys, xs] - input_luma).abs().sum(dtype=torch.float64))
-        core_share = (ys.stop - ys.start) * (xs.stop - xs.start) / (h * w)
+        if veil_logits is None:  # with a veil, the change is the frame's: counted below
+            change_sum += float((background[ys, xs] - input_luma).abs().sum(dtype=torch.float64))
         presence_logit += core_share * float(out.presence_logits.float().flatten()[0])
         # Let this tile's memory and outputs go before the next tile's step allocates its own.
         del memory, out, rgb, background, prob, input_luma
+    if veil_logits is not None:
+        luma = lift_veil(luma[None, None], veil_logits.cpu())[0, 0].clamp_(0.0, 1.0)
     frame_logit = torch.tensor(presence_logit)  # fp32, like a step
     rain_probability = float(torch.sigmoid(frame_logit))
     scale = float(presence_scale(frame_logit, presence_ramp))
@@ -242,6 +262,9 @@ def derain_tiled_frame(
         band = frame_hw3_u8[lo:hi].permute(2, 0, 1).float().div_(255.0)
         ycbcr = rgb_to_ycbcr(band)
         local = luma[None, lo:hi]
+        if veil_logits is not None:
+            own = slice(top - lo, top - lo + band_rows)  # the band's rows, not its margins
+            change_sum += float((local[:, own] - ycbcr[:1, own]).abs().sum(dtype=torch.float64))
         if scale < 1.0:  # O + s (B̂_local − O); s == 1 keeps gate-less nets exact
             local = ycbcr[:1] + scale * (local - ycbcr[:1])
         rgb = with_luma(ycbcr, local, chroma_fill=chroma_fill)[:, top - lo : top - lo + band_rows]

@@ -201,9 +201,10 @@ ADDABLE_HEADS = {
     "rain_presence": "presence.",
     "rnet_memory": "rnet.memory_input.",
 }
-# The presence head only scales the finished local output, so the network under it can be
-# fine-tuned without it and a head fitted for the result afterwards (``derain fit-presence``).
-DROPPABLE_HEADS = {"rain_presence": "presence."}
+# The presence and veil heads only act on the finished local output, so the network under them
+# can be fine-tuned without them and heads fitted for the result afterwards (``derain
+# fit-presence``, ``derain fit-veil``).
+DROPPABLE_HEADS = {"rain_presence": "presence.", "veil_head": "veil."}
 PRESENCE_SETTINGS = ("presence_smoothing", "presence_ramp", "presence_persistence")
 
 
@@ -227,7 +228,7 @@ def check_init_from(folder: str | Path, net: NetConfig) -> tuple[list[str], list
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
             " (set net.* to match it; only rain_gate, rain_presence and rnet_memory may be"
-            " added, and only rain_presence dropped)"
+            " added, and only rain_presence and veil_head dropped)"
         )
     return added, dropped
 

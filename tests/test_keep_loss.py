@@ -23,6 +23,7 @@ def outputs(background: torch.Tensor) -> ClipOutput:
         gate_logits=zeros,
         presence_logits=torch.zeros(b, t, 1),
         local_background=background,
+        veil_logits=torch.zeros(b, t, 0),
     )
 
 

@@ -309,6 +309,37 @@ def _add_fit_presence(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pipeline.cli.presence:fit_presence_command"))
 
 
+def _add_fit_veil(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-veil",
+        help="fit a checkpoint's veil head (lifts the haze of a downpour from the whole frame)",
+        description="Adds a veil head to CHECKPOINT (or refits its own) and fits it on a frozen "
+        "network: runs the network over --clips synthetic training clips (rain-free and rainy, "
+        "from the training content only), keeps each frame's head inputs at random pixels and "
+        "the moments its loss needs, then fits the head so the final output comes closest to "
+        "the clean frame (mean dB over frames: a dry frame weighs as much as a downpour). The "
+        "checkpoint needs a rain-presence head. Prints the scores on held-out clips; writes "
+        "the checkpoint to --out.",
+    )
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    p.add_argument("--out", type=Path, required=True, help="folder for the new checkpoint")
+    p.add_argument("--clips", type=int, default=2000, help="synthetic clips to collect (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the collected clips")
+    _add_clip_overrides(p)
+    p.add_argument(
+        "--samples", type=Path, action="append", default=[],
+        help="also fit on samples saved by an earlier --save-samples (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--save-samples", type=Path, help="save the collected samples here")
+    p.add_argument("--epochs", type=int, default=60, help="passes over the samples")
+    p.add_argument(
+        "--model-version", default="dev", help="model version recorded in the checkpoint"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_lazy("pipeline.cli.veil:fit_veil_command"))
+
+
 def _add_tune_ramp(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune-ramp",
@@ -621,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_models,
         _add_train,
         _add_fit_presence,
+        _add_fit_veil,
         _add_tune_ramp,
         _add_average_weights,
         _add_grow_network,
