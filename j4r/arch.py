@@ -410,7 +410,8 @@ class VeilHead(nn.Module):
 def veil_parameters(veil_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Veil logits ``(b, 2)`` -> the haze share ``v`` in ``[0, VEIL_MAX)`` and its level ``L``
     in (0, 1), each ``(b, 1, 1, 1)`` to broadcast over a frame."""
-    z = veil_logits.float()[:, :, None, None]
+    z = veil_logits if veil_logits.dtype == torch.float64 else veil_logits.float()
+    z = z[:, :, None, None]  # fp64 stays fp64: the fit's loss from moments needs it
     return VEIL_MAX * torch.sigmoid(z[:, :1]), torch.sigmoid(z[:, 1:2])
 
 

@@ -122,6 +122,9 @@ class ClipConfig:
     photometric_probability: float = 0.0  # randomised rain with photometric streaks
     falling_probability: float = 0.0  # randomised rain whose drops persist and fall across frames
     downpour_probability: float = 0.0  # randomised rain made a downpour (dense long sheets, haze)
+    # A veil only where the rain is dense enough to make one (a downpour's haze); lighter
+    # randomised rain keeps its streaks and drops but loses the faint veil it may draw.
+    veil_in_downpours_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ class ClipSampler:
             photometric_probability=self.clip.photometric_probability,
             falling_probability=self.clip.falling_probability,
             downpour_probability=self.clip.downpour_probability,
+            veil_in_downpours_only=self.clip.veil_in_downpours_only,
         )
 
     def batch(self, *, seed: int, step: int, batch_size: int, frames: int | None = None) -> Batch:

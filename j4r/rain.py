@@ -297,6 +297,7 @@ def random_rain_config(
     photometric_probability: float = 0.0,
     falling_probability: float = 0.0,
     downpour_probability: float = 0.0,
+    veil_in_downpours_only: bool = False,
 ) -> RainConfig:
     """Domain-randomised rain for training: one style per clip, drizzle to downpour.
 
@@ -308,7 +309,9 @@ def random_rain_config(
     ``falling_probability``, drops that persist and fall across frames, half of them flat
     streaks with hard ends; with ``downpour_probability``, a downpour (:func:`_downpour`). The
     new draws come after all the others, so at 0 the configs are those of earlier rounds. The
-    fixed ``light`` and ``heavy`` presets lie inside this range.
+    fixed ``light`` and ``heavy`` presets lie inside this range. ``veil_in_downpours_only``
+    keeps a veil for downpours alone (the haze of rain grows with its rate: drizzle makes
+    none to speak of); it changes no draw.
     """
     strength = float(rng.uniform(0.0, 1.0))  # 0 drizzle .. 1 downpour
     angle = float(rng.uniform(-6, 6) if rng.random() < 0.4 else rng.uniform(-45, 45))
@@ -339,6 +342,8 @@ def random_rain_config(
         lens_drops=float(rng.uniform(0.3, 1.5)) if chance[4] < 0.12 else 0.0,
         photometric=photometric,
     )
+    if veil_in_downpours_only:
+        config = replace(config, veil=0.0)
     if falling_probability > 0 and rng.random() < falling_probability:
         config = replace(config, fall=float(rng.uniform(0.3, 3.0)), flat_ends=rng.random() < 0.5)
     if downpour_probability > 0 and rng.random() < downpour_probability:

@@ -73,7 +73,7 @@ def output_mse(
 
 def lift_affine(veil_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Veil logits ``(frames, 2)`` -> :func:`j4r.arch.lift_veil` as ``gain x + offset``."""
-    share, level = (p.flatten().double() for p in veil_parameters(veil_logits))
+    share, level = (p.flatten() for p in veil_parameters(veil_logits.double()))
     return 1 / (1 - share), -share * level / (1 - share)
 
 
@@ -205,6 +205,8 @@ def fit(
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
+        for group in optimizer.param_groups:  # decays to 1/20: late steps must not undo it
+            group["lr"] = lr * (0.05 ** ((epoch + 1) / epochs))
         history.append({"epoch": epoch, "loss_db": total / len(train)})
     return history
 
