@@ -337,7 +337,7 @@ def _add_fit_veil(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_lazy("pipeline.cli.veil:fit_veil_command"))
+    p.set_defaults(handler=_lazy("pipeline.cli.presence:fit_veil_command"))
 
 
 def _add_tune_ramp(sub: argparse._SubParsersAction) -> None:
