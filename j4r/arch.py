@@ -200,7 +200,41 @@ class RainGate(nn.Module):
         return self.logits(self.head(x))
 
 
-class RainPresence(nn.Module):
+class PooledHead(nn.Module):
+    """A frame-level decision affine in the frame's mean per-pixel evidence.
+
+    The evidence is a per-pixel MLP (1x1 convolutions, non-negative outputs); :meth:`pool`
+    takes its plain mean and :meth:`decide` is affine, so a frame's logits are the mean of its
+    parts' logits weighted by their share of the frame (tiles reach the whole frame's
+    decision) and a head can be fitted on random pixel samples of a frozen network.
+    """
+
+    def __init__(self, *, in_channels: int, hidden: int, evidence_channels: int, outputs: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, evidence_channels, kernel_size=1),
+            nn.ReLU(),
+        )
+        self.decision = nn.Linear(evidence_channels, outputs)
+
+    def evidence(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-pixel evidence ``(b, evidence_channels, h, w)``, non-negative."""
+        return self.body(inputs)
+
+    @staticmethod
+    def pool(evidence: torch.Tensor) -> torch.Tensor:
+        """``(b, k, h, w)`` -> ``(b, k)``: the frame's mean evidence."""
+        return evidence.float().mean(dim=(-2, -1))
+
+    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled evidence ``(b, k)`` -> logits ``(b, outputs)``."""
+        return self.decision(pooled.to(self.decision.weight.dtype))
+
+
+class RainPresence(PooledHead):
     """Is there rain in this frame at all? Per-pixel evidence, pooled over the frame, -> a logit.
 
     Not in the paper. Most frames of an archive are dry, and a per-pixel gate alone cannot
@@ -227,16 +261,13 @@ class RainPresence(nn.Module):
         evidence_channels: int = 16,
         persistence: bool = False,
     ):
-        super().__init__()
-        self.persistence = persistence
-        self.in_channels = 2 * channels + 4 + (2 if persistence else 0)
-        self.body = nn.Sequential(
-            nn.Conv2d(self.in_channels, hidden, kernel_size=1),
-            nn.ReLU(),
-            nn.Conv2d(hidden, evidence_channels, kernel_size=1),
-            nn.ReLU(),
+        super().__init__(
+            in_channels=2 * channels + 4 + (2 if persistence else 0),
+            hidden=hidden,
+            evidence_channels=evidence_channels,
+            outputs=1,
         )
-        self.decision = nn.Linear(evidence_channels, 1)
+        self.persistence = persistence
         nn.init.normal_(self.decision.weight, std=1e-3)
         nn.init.constant_(self.decision.bias, 4.0)
 
@@ -256,19 +287,6 @@ class RainPresence(nn.Module):
         if persistence is not None:
             parts += [p.to(change.dtype) for p in persistence]
         return torch.cat(parts, 1)
-
-    def evidence(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Per-pixel evidence ``(b, evidence_channels, h, w)``, non-negative."""
-        return self.body(inputs)
-
-    @staticmethod
-    def pool(evidence: torch.Tensor) -> torch.Tensor:
-        """``(b, k, h, w)`` -> ``(b, k)``: the frame's mean evidence."""
-        return evidence.float().mean(dim=(-2, -1))
-
-    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Pooled evidence ``(b, k)`` -> rain-presence logits ``(b, 1)``."""
-        return self.decision(pooled.to(self.decision.weight.dtype))
 
 
 def presence_scale(
@@ -353,7 +371,7 @@ VEIL_MAX = 0.45
 CLOSED_VEIL_LOGIT = -30.0
 
 
-class VeilHead(nn.Module):
+class VeilHead(PooledHead):
     """How much a downpour's haze hides: per-pixel evidence, mean-pooled, -> two logits.
 
     Not in the paper. Dense rain veils the whole scene, ``O = (1 − v) X + v L`` (``X`` the
@@ -372,15 +390,9 @@ class VeilHead(nn.Module):
     """
 
     def __init__(self, *, in_channels: int, hidden: int = 32, evidence_channels: int = 16):
-        super().__init__()
-        self.in_channels = in_channels
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, kernel_size=1),
-            nn.ReLU(),
-            nn.Conv2d(hidden, evidence_channels, kernel_size=1),
-            nn.ReLU(),
+        super().__init__(
+            in_channels=in_channels, hidden=hidden, evidence_channels=evidence_channels, outputs=2
         )
-        self.decision = nn.Linear(evidence_channels, 2)
         nn.init.zeros_(self.decision.weight)
         with torch.no_grad():
             self.decision.bias.copy_(torch.tensor([CLOSED_VEIL_LOGIT, 1.0]))
@@ -392,19 +404,6 @@ class VeilHead(nn.Module):
         """What the evidence sees per pixel: the presence head's inputs, ``O`` and ``B̂_local``."""
         return torch.cat([presence_inputs, luma.to(presence_inputs.dtype),
                           local_background.to(presence_inputs.dtype)], 1)  # fmt: skip
-
-    def evidence(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Per-pixel evidence ``(b, evidence_channels, h, w)``, non-negative."""
-        return self.body(inputs)
-
-    @staticmethod
-    def pool(evidence: torch.Tensor) -> torch.Tensor:
-        """``(b, k, h, w)`` -> ``(b, k)``: the frame's mean evidence."""
-        return evidence.float().mean(dim=(-2, -1))
-
-    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Pooled evidence ``(b, k)`` -> veil logits ``(b, 2)``: ``(z_v, z_L)``."""
-        return self.decision(pooled.to(self.decision.weight.dtype))
 
 
 def veil_parameters(veil_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

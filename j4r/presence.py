@@ -262,23 +262,26 @@ def relabel(samples: PresenceSamples, threshold_db: float) -> PresenceSamples:
     return dataclasses.replace(samples, rainy=(samples.rain_psnr_db < threshold_db).float())
 
 
-def save_samples(samples: PresenceSamples, path) -> None:
+def save_samples(samples, path) -> None:
+    """Save a sample set (:class:`PresenceSamples` or :class:`j4r.veil.VeilSamples`)."""
     torch.save(dict(vars(samples)), path)
 
 
-def load_samples(path) -> PresenceSamples:
-    return PresenceSamples(**torch.load(path, weights_only=True))
+def load_samples(path, kind: type = PresenceSamples):
+    """A sample set saved by :func:`save_samples`, as ``kind``."""
+    return kind(**torch.load(path, weights_only=True))
 
 
-def concat(parts: list[PresenceSamples]) -> PresenceSamples:
-    """Several sample sets as one; clip ids stay distinct across parts."""
+def concat(parts: list):
+    """Several sample sets of one kind as one; clip ids stay distinct across parts."""
     offset, clips = 0, []
     for part in parts:
         clips.append(part.clip + offset)
         offset += int(part.clip.max()) + 1 if len(part) else 0
-    return PresenceSamples(
-        torch.cat([p.inputs for p in parts]),
-        torch.cat([p.rainy for p in parts]),
-        torch.cat([p.rain_psnr_db for p in parts]),
-        torch.cat(clips),
-    )
+    kind = type(parts[0])
+    fields = {
+        f.name: torch.cat([getattr(p, f.name) for p in parts])
+        for f in dataclasses.fields(kind)
+        if f.name != "clip"
+    }
+    return kind(**fields, clip=torch.cat(clips))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from j4r import presence
 from j4r.arch import J4RNet, VeilHead, presence_scale, veil_parameters
 from j4r.data import ClipSampler
 from j4r.presence import frame_psnr_db, split_by_clip
@@ -246,20 +247,6 @@ def with_veil_head(folder, *, device: str = "cpu"):
     return model.to(device).eval(), dataclasses.replace(info, net=net)
 
 
-def save_samples(samples: VeilSamples, path) -> None:
-    torch.save(dict(vars(samples)), path)
-
-
 def load_samples(path) -> VeilSamples:
-    return VeilSamples(**torch.load(path, weights_only=True))
-
-
-def concat(parts: list[VeilSamples]) -> VeilSamples:
-    """Several sample sets as one; clip ids stay distinct across parts."""
-    offset, clips = 0, []
-    for part in parts:
-        clips.append(part.clip + offset)
-        offset += int(part.clip.max()) + 1 if len(part) else 0
-    fields = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in
-              dataclasses.fields(VeilSamples) if f.name != "clip"}  # fmt: skip
-    return VeilSamples(**fields, clip=torch.cat(clips))
+    """Samples saved by :func:`j4r.presence.save_samples` (which also joins sets: ``concat``)."""
+    return presence.load_samples(path, VeilSamples)

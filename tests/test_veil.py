@@ -158,7 +158,8 @@ def test_a_fit_lifts_a_veil_where_there_is_one_and_leaves_the_rest_alone():
 
 def test_fit_veil_command_writes_a_checkpoint_whose_only_new_weights_are_the_head(tmp_path, capsys):
     from j4r.checkpoint import load_checkpoint, save_checkpoint
-    from j4r.veil import VeilSamples, save_samples, with_veil_head
+    from j4r.presence import save_samples
+    from j4r.veil import VeilSamples, with_veil_head
     from pipeline.cli.main import main
 
     torch.manual_seed(0)

@@ -172,7 +172,7 @@ def tune_ramp_command(args: argparse.Namespace) -> int:
 def fit_veil_command(args: argparse.Namespace) -> int:
     import torch
 
-    from j4r import veil
+    from j4r import presence, veil
     from j4r.checkpoint import CheckpointError, save_checkpoint
     from j4r.sources import MissingContentError
     from pipeline.registry.checkpoints import default_checkpoint
@@ -194,11 +194,11 @@ def fit_veil_command(args: argparse.Namespace) -> int:
             model, sampler, clips=args.clips, seed=args.seed, progress=not args.no_progress
         )
         if args.save_samples:
-            veil.save_samples(collected, args.save_samples)
+            presence.save_samples(collected, args.save_samples)
         parts.append(collected)
     if not parts:
         raise UsageError("nothing to fit on: --clips 0 and no --samples")
-    report = veil.fit_and_score(model.veil, veil.concat(parts), epochs=args.epochs)
+    report = veil.fit_and_score(model.veil, presence.concat(parts), epochs=args.epochs)
     record = {
         **report,
         "collected": {"clips": args.clips, "seed": args.seed, "clip": vars(clips)}
