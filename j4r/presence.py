@@ -51,6 +51,47 @@ def frame_psnr_db(rainy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)  # rain_present (j4r.losses) is this < threshold_db
 
 
+def sampled_frames(
+    model: J4RNet,
+    body: torch.nn.Module,
+    sampler: ClipSampler,
+    *,
+    clips: int,
+    batch_size: int,
+    seed: int,
+    pixels_per_frame: int,
+    warmup_frames: int,
+    progress: bool,
+    desc: str,
+):
+    """Run ``model`` over ``clips`` synthetic clips and, for every frame after the first
+    ``warmup_frames`` (the memory fills first), yield ``(index, batch, t, out, inputs,
+    sampled)``: the batch's index, the step's outputs, what a head's ``body`` saw ``(b,
+    channels, h, w)`` and its values at ``pixels_per_frame`` random pixels ``(b, k, channels)``
+    float16. Call it under ``torch.inference_mode``."""
+    from tqdm import tqdm
+
+    captured: list[torch.Tensor] = []
+    hook = body.register_forward_hook(lambda _module, args, _out: captured.append(args[0]))
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for index in tqdm(range(math.ceil(clips / batch_size)), disable=not progress, desc=desc):
+            batch = sampler.batch(seed=seed, step=index, batch_size=batch_size)
+            memory = model.initial_state(batch.rainy[:, 0])
+            for t in range(batch.rainy.shape[1]):
+                captured.clear()
+                out, memory = model.step(batch.rainy[:, t], memory)
+                if t < warmup_frames:
+                    continue
+                (x,) = captured
+                b, c, h, w = x.shape
+                pick = torch.randint(0, h * w, (b, pixels_per_frame), generator=generator)
+                flat = x.flatten(2).gather(2, pick[:, None, :].expand(b, c, -1))
+                yield index, batch, t, out, x, flat.transpose(1, 2).to(torch.float16)
+    finally:
+        hook.remove()
+
+
 @torch.inference_mode()
 def collect(
     model: J4RNet,
@@ -66,37 +107,20 @@ def collect(
 ) -> PresenceSamples:
     """Run ``model`` (which has a presence head, any weights) over ``clips`` synthetic clips
     and keep every frame after the first ``warmup_frames`` (the memory fills first)."""
-    from tqdm import tqdm
-
     if model.presence is None:
         raise ValueError("the network has no presence head (rain_presence: false)")
-    captured: list[torch.Tensor] = []
-    hook = model.presence.body.register_forward_hook(
-        lambda _module, args, _out: captured.append(args[0])
-    )
-    generator = torch.Generator().manual_seed(seed)
     inputs, rainy, psnrs, clip_ids = [], [], [], []
-    batches = math.ceil(clips / batch_size)
-    try:
-        for index in tqdm(range(batches), disable=not progress, desc="presence samples"):
-            batch = sampler.batch(seed=seed, step=index, batch_size=batch_size)
-            memory = model.initial_state(batch.rainy[:, 0])
-            for t in range(batch.rainy.shape[1]):
-                captured.clear()
-                _, memory = model.step(batch.rainy[:, t], memory)
-                if t < warmup_frames:
-                    continue
-                (x,) = captured  # (b, channels, h, w)
-                b, c, h, w = x.shape
-                pick = torch.randint(0, h * w, (b, pixels_per_frame), generator=generator)
-                flat = x.flatten(2).gather(2, pick[:, None, :].expand(b, c, -1))
-                inputs.append(flat.transpose(1, 2).to(torch.float16))
-                psnr = frame_psnr_db(batch.rainy[:, t], batch.clean[:, t])
-                psnrs.append(psnr)
-                rainy.append((psnr < threshold_db).float())
-                clip_ids.append(torch.arange(b) + index * batch_size)
-    finally:
-        hook.remove()
+    frames = sampled_frames(
+        model, model.presence.body, sampler, clips=clips, batch_size=batch_size, seed=seed,
+        pixels_per_frame=pixels_per_frame, warmup_frames=warmup_frames, progress=progress,
+        desc="presence samples",
+    )  # fmt: skip
+    for index, batch, t, _, _, sampled in frames:
+        inputs.append(sampled)
+        psnr = frame_psnr_db(batch.rainy[:, t], batch.clean[:, t])
+        psnrs.append(psnr)
+        rainy.append((psnr < threshold_db).float())
+        clip_ids.append(torch.arange(len(psnr)) + index * batch_size)
     return PresenceSamples(
         torch.cat(inputs), torch.cat(rainy), torch.cat(psnrs), torch.cat(clip_ids)
     )

@@ -98,39 +98,21 @@ def collect(
 ) -> VeilSamples:
     """Run ``model`` (which has a veil head, any weights) over ``clips`` synthetic clips and
     keep every frame after the first ``warmup_frames``."""
-    from tqdm import tqdm
-
     if model.veil is None:
         raise ValueError("the network has no veil head (veil_head: false)")
-    captured: list[torch.Tensor] = []
-    hook = model.veil.body.register_forward_hook(
-        lambda _module, args, _out: captured.append(args[0])
-    )
-    generator = torch.Generator().manual_seed(seed)
     inputs, moments, scales, psnrs, clip_ids = [], [], [], [], []
-    try:
-        for index in tqdm(range(math.ceil(clips / batch_size)), disable=not progress,
-                          desc="veil samples"):  # fmt: skip
-            batch = sampler.batch(seed=seed, step=index, batch_size=batch_size)
-            memory = model.initial_state(batch.rainy[:, 0])
-            for t in range(batch.rainy.shape[1]):
-                captured.clear()
-                out, memory = model.step(batch.rainy[:, t], memory)
-                if t < warmup_frames:
-                    continue
-                (x,) = captured  # (b, channels, h, w); its last channel is B̂_local
-                b, c, h, w = x.shape
-                pick = torch.randint(0, h * w, (b, pixels_per_frame), generator=generator)
-                flat = x.flatten(2).gather(2, pick[:, None, :].expand(b, c, -1))
-                inputs.append(flat.transpose(1, 2).to(torch.float16))
-                rainy, clean = batch.rainy[:, t], batch.clean[:, t]
-                moments.append(frame_moments(rainy, x[:, -1:], clean))
-                scale = presence_scale(out.presence_logits, model.presence_ramp)
-                scales.append(scale[:, 0].double())
-                psnrs.append(frame_psnr_db(rainy, clean))
-                clip_ids.append(torch.arange(b) + index * batch_size)
-    finally:
-        hook.remove()
+    frames = presence.sampled_frames(
+        model, model.veil.body, sampler, clips=clips, batch_size=batch_size, seed=seed,
+        pixels_per_frame=pixels_per_frame, warmup_frames=warmup_frames, progress=progress,
+        desc="veil samples",
+    )  # fmt: skip
+    for index, batch, t, out, x, sampled in frames:  # x's last channel is B̂_local
+        inputs.append(sampled)
+        rainy, clean = batch.rainy[:, t], batch.clean[:, t]
+        moments.append(frame_moments(rainy, x[:, -1:], clean))
+        scales.append(presence_scale(out.presence_logits, model.presence_ramp)[:, 0].double())
+        psnrs.append(frame_psnr_db(rainy, clean))
+        clip_ids.append(torch.arange(len(rainy)) + index * batch_size)
     return VeilSamples(
         torch.cat(inputs), torch.cat(moments), torch.cat(scales), torch.cat(psnrs),
         torch.cat(clip_ids),
