@@ -150,10 +150,13 @@ class TrainConfig:
     # alone, so a frame mostly covered by rain still pays in full for what it changes between
     # the streaks (0 = off, as in rounds 1-8).
     lambda_keep: float = 0.0
-    # The joint term's error: "mse" (the paper's) or "charbonnier" (a smooth L1, which weighs
-    # small errors, faint rain left or texture changed, more and large ones less;
-    # j4r.losses.joint_error).
+    # The joint term's error: "mse" (the paper's), "charbonnier" (a smooth L1, which weighs
+    # small errors, faint rain left or texture changed, more and large ones less) or "psnr"
+    # (each frame's log MSE: every frame counts by its decibels; j4r.losses.joint_error).
     joint_loss: str = "mse"
+    # Stage 2, joint term (MSE only): frames whose rain costs under 30 dB count up to this many
+    # times more, the fainter the more (1 = off; j4r.losses.faint_rain_weights).
+    faint_rain_boost: float = 1.0
     lambda_presence: float = 1e-2  # rain-presence loss (networks with ``rain_presence`` only)
     presence_threshold_db: float = 40.0  # a frame whose rain costs more PSNR than this is rainy
     presence_lr_scale: float = 1.0  # stage 2: the presence head's learning rate relative to lr
@@ -165,11 +168,15 @@ class TrainConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
 
     def __post_init__(self) -> None:
+        if self.faint_rain_boost < 1:
+            raise ValueError(f"faint_rain_boost must be >= 1, not {self.faint_rain_boost}")
+        if self.faint_rain_boost > 1 and self.joint_loss != "mse":
+            raise ValueError("faint_rain_boost weighs the MSE joint term: set joint_loss=mse")
         if self.joint_loss not in JOINT_LOSSES:
             raise ValueError(f"joint_loss must be one of {JOINT_LOSSES}, not {self.joint_loss!r}")
 
 
-JOINT_LOSSES = ("mse", "charbonnier")
+JOINT_LOSSES = ("mse", "charbonnier", "psnr")
 
 
 NET_PRESETS: dict[str, dict[str, Any]] = {

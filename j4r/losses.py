@@ -54,18 +54,45 @@ CHARBONNIER_EPS = 1e-3
 # Scaled so that its gradient equals the squared error's at an error of 0.025 (about 6 8-bit
 # levels): there the other terms keep the weight they have against the paper's joint term.
 CHARBONNIER_SCALE = 0.05
+# The PSNR loss: each frame's log MSE, scaled so that a frame at 30 dB pulls as the mean squared
+# error pulls it; a frame at 40 dB (faint rain) ten times harder, one at 20 dB (a downpour) a
+# tenth as hard. The floor (50 dB) bounds the pull on a frame that is already nearly right.
+PSNR_REFERENCE_MSE = 1e-3
+PSNR_FLOOR_MSE = 1e-5
 
 
 def joint_error(background: torch.Tensor, clean: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """``l_joint``: the mean squared error (the paper's), or a scaled Charbonnier error
+    """``l_joint``: the mean squared error (the paper's); a scaled Charbonnier error
     ``s · mean(sqrt(e² + ε²))``, a smooth L1 that pulls as hard on a faint streak left behind
-    as on a bold one."""
+    as on a bold one; or ``psnr``, ``r · mean over frames of ln(MSE_frame + ε)``.
+
+    MSE averaged over a batch is set by its rainiest frames: a frame of faint rain, whose
+    streaks cost a few dB, adds almost nothing to it, so a network may leave faint rain for
+    free. The PSNR loss weighs every frame by its decibels, as the evaluation does. Frames are
+    the last three dims ``(c, h, w)``; any leading dims."""
     if kind == "mse":
         return F.mse_loss(background, clean)
     if kind == "charbonnier":
         error = (background - clean).pow(2) + CHARBONNIER_EPS**2
         return CHARBONNIER_SCALE * error.sqrt().mean()
+    if kind == "psnr":
+        frame_mse = (background.float() - clean.float()).pow(2).mean(dim=(-3, -2, -1))
+        return PSNR_REFERENCE_MSE * torch.log(frame_mse + PSNR_FLOOR_MSE).mean()
     raise ValueError(f"unknown joint loss {kind!r}")
+
+
+# Faint-rain weighting: a frame whose rain costs under 30 dB of PSNR (mean squared change under
+# this) keeps the joint term's weight; fainter rain counts more, up to ``faint_rain_boost``.
+FAINT_RAIN_REFERENCE_MSE = 1e-3
+
+
+def faint_rain_weights(rainy: torch.Tensor, clean: torch.Tensor, *, boost: float) -> torch.Tensor:
+    """Per-frame weights ``(b, t, 1, 1, 1)`` for the joint term: ``R / MSE(O, B)`` clamped to
+    ``[1, boost]`` on frames with rain, 1 on dry frames (left to the keep loss). Faint rain
+    changes a frame little, so under plain MSE a net pays almost nothing for leaving it."""
+    rain_mse = (rainy.float() - clean.float()).pow(2).mean(dim=(-3, -2, -1), keepdim=True)
+    weights = (FAINT_RAIN_REFERENCE_MSE / rain_mse.clamp_min(1e-12)).clamp(1.0, boost)
+    return torch.where(rain_mse > 0, weights, torch.ones_like(weights))
 
 
 class LossTerms(NamedTuple):
@@ -97,7 +124,11 @@ def j4r_loss(
     whether a frame has rain at all, weighted by ``λp``: binary cross-entropies; and with
     ``λk`` > 0 the change on pixels the rain did not touch is paid for again (:func:`keep_loss`).
     """
-    joint = joint_error(out.background, clean, config.joint_loss)
+    if config.faint_rain_boost > 1 and rainy is not None:
+        weights = faint_rain_weights(rainy, clean, boost=config.faint_rain_boost)
+        joint = ((out.background - clean).pow(2) * weights).mean()
+    else:
+        joint = joint_error(out.background, clean, config.joint_loss)
     logits = out.alpha_logits.flatten(0, 1)
     detect = F.cross_entropy(logits, alpha.flatten(0, 1)[:, 0].long())
     rect = F.mse_loss(high_pass(out.background), high_pass(clean))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -99,3 +100,58 @@ def test_the_charbonnier_joint_loss_pulls_like_mse_at_six_levels_and_harder_belo
     assert grads["charbonnier", 0.005] > 4 * grads["mse", 0.005]
     with pytest.raises(ValueError, match="joint_loss"):
         train_config("tiny", joint_loss="l3")
+
+
+def test_the_psnr_joint_loss_weighs_each_frame_by_its_decibels():
+    from j4r.losses import PSNR_FLOOR_MSE, PSNR_REFERENCE_MSE, joint_error
+
+    # Two frames of one clip, (b, t, c, h, w): one at 30 dB, one at 40 dB (faint rain left).
+    clean = torch.zeros(1, 2, 1, 4, 4)
+    errors = torch.tensor([PSNR_REFERENCE_MSE**0.5, 0.01]).view(1, 2, 1, 1, 1)
+    grads = {}
+    for kind in ("mse", "psnr"):
+        background = (clean + errors).requires_grad_(True)
+        joint_error(background, clean, kind).backward()
+        grads[kind] = background.grad[0, :, 0, 0, 0]
+    floor = PSNR_REFERENCE_MSE / (PSNR_REFERENCE_MSE + PSNR_FLOOR_MSE)
+    # At 30 dB it pulls as MSE does; at 40 dB ten times harder than MSE, where MSE pulls the
+    # faint frame's pixels about a third as hard as the 30 dB frame's.
+    assert float(grads["psnr"][0]) == pytest.approx(floor * float(grads["mse"][0]), rel=1e-4)
+    ratio = float(grads["psnr"][1] / grads["mse"][1])
+    assert ratio == pytest.approx(PSNR_REFERENCE_MSE / (1e-4 + PSNR_FLOOR_MSE), rel=1e-4)
+    assert ratio > 9
+    # Its value is the mean of the frames' log MSE, scaled: a frame left perfect is bounded.
+    perfect = joint_error(clean, clean, "psnr")
+    assert float(perfect) == pytest.approx(PSNR_REFERENCE_MSE * math.log(PSNR_FLOOR_MSE))
+
+
+def test_faint_rain_counts_more_in_the_joint_term_and_dry_frames_do_not():
+    from j4r.losses import faint_rain_weights
+
+    # Three frames: dry, faint rain (40 dB), heavy rain (14 dB); the output leaves each frame's
+    # rain as it came.
+    clean = torch.rand(1, 3, 1, 8, 8)
+    rainy = clean.clone()
+    rainy[0, 1] += 0.01
+    rainy[0, 2] += 0.2
+    weights = faint_rain_weights(rainy, clean, boost=10).flatten()
+    assert weights.tolist() == pytest.approx([1.0, 10.0, 1.0])
+    assert faint_rain_weights(rainy, clean, boost=4).flatten()[1] == pytest.approx(4.0)
+    base = train_config("tiny")
+    common = dict(clean=clean, streaks=rainy - clean, alpha=torch.zeros_like(clean))
+    plain = j4r_loss(outputs(rainy), **common, config=base, rainy=rainy, gated=False)
+    boosted = j4r_loss(
+        outputs(rainy),
+        **common,
+        config=dataclasses.replace(base, faint_rain_boost=10.0),
+        rainy=rainy,
+        gated=False,
+    )
+    error = (rainy - clean).pow(2).mean(dim=(-3, -2, -1)).flatten()
+    expected = (error * torch.tensor([1.0, 10.0, 1.0])).mean()
+    assert boosted.joint.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert plain.joint.item() == pytest.approx(error.mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="faint_rain_boost"):
+        train_config("tiny", faint_rain_boost=0.5)
+    with pytest.raises(ValueError, match="joint_loss=mse"):
+        train_config("tiny", faint_rain_boost=2.0, joint_loss="psnr")
