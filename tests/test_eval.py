@@ -148,3 +148,28 @@ def test_eval_with_ablations_adds_three_rows():
     ablated = {"J4R-Net, presence off", "J4R-Net, gate open", "J4R-Net, R-Net only"}
     assert ablated <= set(results["light"])
     assert "gain_y" in results["light"]["J4R-Net, gate open"]
+
+
+def test_the_faint_set_is_the_light_sets_streaks_at_half_strength():
+    from j4r.evaluate import FAINT_STRENGTH, build_set
+
+    light = build_eval_set("light", frames=3, crop=48)
+    faint = build_set("faint", frames=3, crop=48)
+    assert [c.name for c in faint] == [c.name for c in light]
+    for a, b in zip(light, faint, strict=True):
+        assert torch.equal(a.clean, b.clean)
+        rain, half = a.rainy - a.clean, b.rainy - b.clean
+        assert half.abs().sum() > 0
+        # Same streaks in the same places, at half the strength (up to clipping at white).
+        unclipped = (a.rainy < 0.999).all(dim=1, keepdim=True).expand_as(rain)
+        assert torch.allclose(half[unclipped], FAINT_STRENGTH * rain[unclipped], atol=2e-3)
+
+
+def test_faint_is_scored_only_when_named():
+    from j4r.evaluate import SETS
+    from pipeline.tools.evaluation import parse_sets
+
+    assert "faint" not in SETS
+    assert parse_sets("faint,light") == ("faint", "light")
+    with pytest.raises(ValueError, match="faint"):
+        parse_sets("drizzle")

@@ -458,7 +458,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "training) and scores the rainy input, a temporal median, the single-frame model and "
         "J4R-Net. Sets: light/heavy (the project's rain renderer), foreign-light/foreign-heavy "
         "(an evaluation-only renderer in a different style: generalisation), clean (rain-free "
-        "provoking clips; output scored against the input: does no harm). Each set reports the "
+        "provoking clips; output scored against the input: does no harm); faint (the light "
+        "set's streaks at half strength, only when named in --sets). Each set reports the "
         "mean, the worst clip and the luma gain over the input; OUT also gets before/after "
         "PNGs (samples/).",
     )

@@ -65,12 +65,13 @@ def write_evaluation(record: dict[str, Any], table: str, out: Path) -> None:
 
 def parse_sets(text: str) -> tuple[str, ...]:
     """``"light,clean"`` -> ``("light", "clean")``; unknown names raise ValueError."""
-    from j4r.evaluate import SETS
+    from j4r.evaluate import EXTRA_SETS, SETS
 
+    known = SETS + EXTRA_SETS
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in SETS]
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise ValueError(f"unknown test sets {unknown or [text]}; choose from {', '.join(SETS)}")
+        raise ValueError(f"unknown test sets {unknown or [text]}; choose from {', '.join(known)}")
     return names
 
 
