@@ -154,9 +154,10 @@ class TrainConfig:
     # small errors, faint rain left or texture changed, more and large ones less) or "psnr"
     # (each frame's log MSE: every frame counts by its decibels; j4r.losses.joint_error).
     joint_loss: str = "mse"
-    # Stage 2, joint term (MSE only): frames whose rain costs under 30 dB count up to this many
-    # times more, the fainter the more (1 = off; j4r.losses.faint_rain_weights).
-    faint_rain_boost: float = 1.0
+    # Stage 2, joint term (MSE only): each rainy frame weighted 1e-3 / MSE(rainy, clean) (1 at
+    # 30 dB, more for fainter rain, less for heavier), clamped to this range; (1, 1) = off
+    # (j4r.losses.rain_strength_weights).
+    rain_weight_range: tuple[float, float] = (1.0, 1.0)
     lambda_presence: float = 1e-2  # rain-presence loss (networks with ``rain_presence`` only)
     presence_threshold_db: float = 40.0  # a frame whose rain costs more PSNR than this is rainy
     presence_lr_scale: float = 1.0  # stage 2: the presence head's learning rate relative to lr
@@ -168,10 +169,11 @@ class TrainConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
 
     def __post_init__(self) -> None:
-        if self.faint_rain_boost < 1:
-            raise ValueError(f"faint_rain_boost must be >= 1, not {self.faint_rain_boost}")
-        if self.faint_rain_boost > 1 and self.joint_loss != "mse":
-            raise ValueError("faint_rain_boost weighs the MSE joint term: set joint_loss=mse")
+        lo, hi = self.rain_weight_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"rain_weight_range must satisfy 0 < lo <= 1 <= hi, not {(lo, hi)}")
+        if (lo, hi) != (1.0, 1.0) and self.joint_loss != "mse":
+            raise ValueError("rain_weight_range weighs the MSE joint term: set joint_loss=mse")
         if self.joint_loss not in JOINT_LOSSES:
             raise ValueError(f"joint_loss must be one of {JOINT_LOSSES}, not {self.joint_loss!r}")
 

@@ -81,17 +81,20 @@ def joint_error(background: torch.Tensor, clean: torch.Tensor, kind: str = "mse"
     raise ValueError(f"unknown joint loss {kind!r}")
 
 
-# Faint-rain weighting: a frame whose rain costs under 30 dB of PSNR (mean squared change under
-# this) keeps the joint term's weight; fainter rain counts more, up to ``faint_rain_boost``.
-FAINT_RAIN_REFERENCE_MSE = 1e-3
+# Rain-strength weighting: a frame whose rain costs 30 dB of PSNR (this mean squared change)
+# keeps the joint term's weight; fainter rain counts more, heavier less, within a range.
+RAIN_REFERENCE_MSE = 1e-3
 
 
-def faint_rain_weights(rainy: torch.Tensor, clean: torch.Tensor, *, boost: float) -> torch.Tensor:
-    """Per-frame weights ``(b, t, 1, 1, 1)`` for the joint term: ``R / MSE(O, B)`` clamped to
-    ``[1, boost]`` on frames with rain, 1 on dry frames (left to the keep loss). Faint rain
-    changes a frame little, so under plain MSE a net pays almost nothing for leaving it."""
+def rain_strength_weights(
+    rainy: torch.Tensor, clean: torch.Tensor, *, weight_range: tuple[float, float]
+) -> torch.Tensor:
+    """Per-frame weights ``(..., 1, 1, 1)`` for the joint term: ``R / MSE(O, B)`` clamped to
+    ``weight_range`` on frames with rain, 1 on dry frames (left to the keep loss). Faint rain
+    changes a frame little, so under plain MSE a net pays almost nothing for leaving it; with
+    the range ``(0, inf)`` every rainy frame counts by its decibels, as the evaluation does."""
     rain_mse = (rainy.float() - clean.float()).pow(2).mean(dim=(-3, -2, -1), keepdim=True)
-    weights = (FAINT_RAIN_REFERENCE_MSE / rain_mse.clamp_min(1e-12)).clamp(1.0, boost)
+    weights = (RAIN_REFERENCE_MSE / rain_mse.clamp_min(1e-12)).clamp(*weight_range)
     return torch.where(rain_mse > 0, weights, torch.ones_like(weights))
 
 
@@ -124,8 +127,8 @@ def j4r_loss(
     whether a frame has rain at all, weighted by ``λp``: binary cross-entropies; and with
     ``λk`` > 0 the change on pixels the rain did not touch is paid for again (:func:`keep_loss`).
     """
-    if config.faint_rain_boost > 1 and rainy is not None:
-        weights = faint_rain_weights(rainy, clean, boost=config.faint_rain_boost)
+    if tuple(config.rain_weight_range) != (1.0, 1.0) and rainy is not None:
+        weights = rain_strength_weights(rainy, clean, weight_range=config.rain_weight_range)
         joint = ((out.background - clean).pow(2) * weights).mean()
     else:
         joint = joint_error(out.background, clean, config.joint_loss)

@@ -125,8 +125,8 @@ def test_the_psnr_joint_loss_weighs_each_frame_by_its_decibels():
     assert float(perfect) == pytest.approx(PSNR_REFERENCE_MSE * math.log(PSNR_FLOOR_MSE))
 
 
-def test_faint_rain_counts_more_in_the_joint_term_and_dry_frames_do_not():
-    from j4r.losses import faint_rain_weights
+def test_rain_strength_weights_lift_faint_rain_and_leave_dry_frames_alone():
+    from j4r.losses import rain_strength_weights
 
     # Three frames: dry, faint rain (40 dB), heavy rain (14 dB); the output leaves each frame's
     # rain as it came.
@@ -134,24 +134,25 @@ def test_faint_rain_counts_more_in_the_joint_term_and_dry_frames_do_not():
     rainy = clean.clone()
     rainy[0, 1] += 0.01
     rainy[0, 2] += 0.2
-    weights = faint_rain_weights(rainy, clean, boost=10).flatten()
-    assert weights.tolist() == pytest.approx([1.0, 10.0, 1.0])
-    assert faint_rain_weights(rainy, clean, boost=4).flatten()[1] == pytest.approx(4.0)
+    lifted = rain_strength_weights(rainy, clean, weight_range=(1.0, 10.0)).flatten()
+    assert lifted.tolist() == pytest.approx([1.0, 10.0, 1.0])
+    both = rain_strength_weights(rainy, clean, weight_range=(0.1, 4.0)).flatten()
+    assert both.tolist() == pytest.approx([1.0, 4.0, 0.1])
     base = train_config("tiny")
     common = dict(clean=clean, streaks=rainy - clean, alpha=torch.zeros_like(clean))
     plain = j4r_loss(outputs(rainy), **common, config=base, rainy=rainy, gated=False)
-    boosted = j4r_loss(
+    weighted = j4r_loss(
         outputs(rainy),
         **common,
-        config=dataclasses.replace(base, faint_rain_boost=10.0),
+        config=dataclasses.replace(base, rain_weight_range=(0.1, 4.0)),
         rainy=rainy,
         gated=False,
     )
     error = (rainy - clean).pow(2).mean(dim=(-3, -2, -1)).flatten()
-    expected = (error * torch.tensor([1.0, 10.0, 1.0])).mean()
-    assert boosted.joint.item() == pytest.approx(expected.item(), rel=1e-5)
+    expected = (error * torch.tensor([1.0, 4.0, 0.1])).mean()
+    assert weighted.joint.item() == pytest.approx(expected.item(), rel=1e-5)
     assert plain.joint.item() == pytest.approx(error.mean().item(), rel=1e-5)
-    with pytest.raises(ValueError, match="faint_rain_boost"):
-        train_config("tiny", faint_rain_boost=0.5)
+    with pytest.raises(ValueError, match="rain_weight_range"):
+        train_config("tiny", rain_weight_range=(2.0, 10.0))
     with pytest.raises(ValueError, match="joint_loss=mse"):
-        train_config("tiny", faint_rain_boost=2.0, joint_loss="psnr")
+        train_config("tiny", rain_weight_range=(0.5, 2.0), joint_loss="psnr")
