@@ -122,6 +122,7 @@ class ClipConfig:
     photometric_probability: float = 0.0  # randomised rain with photometric streaks
     falling_probability: float = 0.0  # randomised rain whose drops persist and fall across frames
     downpour_probability: float = 0.0  # randomised rain made a downpour (dense long sheets, haze)
+    faint_probability: float = 0.0  # randomised rain with its streaks at 25-60 % strength
     # A veil only where the rain is dense enough to make one (a downpour's haze); lighter
     # randomised rain keeps its streaks and drops but loses the faint veil it may draw.
     veil_in_downpours_only: bool = False
@@ -158,6 +159,10 @@ class TrainConfig:
     # 30 dB, more for fainter rain, less for heavier), clamped to this range; (1, 1) = off
     # (j4r.losses.rain_strength_weights).
     rain_weight_range: tuple[float, float] = (1.0, 1.0)
+    # With the weights on: rescale the weighted joint term each step to the plain MSE's value
+    # (a constant per step), so the weights move the pull between frames, not the joint
+    # term's weight against the keep and gate losses (round 15's arm G lost that balance).
+    rain_weight_keep_scale: bool = False
     lambda_presence: float = 1e-2  # rain-presence loss (networks with ``rain_presence`` only)
     presence_threshold_db: float = 40.0  # a frame whose rain costs more PSNR than this is rainy
     presence_lr_scale: float = 1.0  # stage 2: the presence head's learning rate relative to lr
@@ -174,6 +179,8 @@ class TrainConfig:
             raise ValueError(f"rain_weight_range must satisfy 0 < lo <= 1 <= hi, not {(lo, hi)}")
         if (lo, hi) != (1.0, 1.0) and self.joint_loss != "mse":
             raise ValueError("rain_weight_range weighs the MSE joint term: set joint_loss=mse")
+        if self.rain_weight_keep_scale and (lo, hi) == (1.0, 1.0):
+            raise ValueError("rain_weight_keep_scale rescales the weights: set rain_weight_range")
         if self.joint_loss not in JOINT_LOSSES:
             raise ValueError(f"joint_loss must be one of {JOINT_LOSSES}, not {self.joint_loss!r}")
 

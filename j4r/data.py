@@ -137,6 +137,7 @@ class ClipSampler:
             photometric_probability=self.clip.photometric_probability,
             falling_probability=self.clip.falling_probability,
             downpour_probability=self.clip.downpour_probability,
+            faint_probability=self.clip.faint_probability,
             veil_in_downpours_only=self.clip.veil_in_downpours_only,
         )
 

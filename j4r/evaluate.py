@@ -30,7 +30,7 @@ from j4r.color import rgb_to_luma, rgb_to_ycbcr, with_luma
 from j4r.config import rain_config
 from j4r.metrics import mse, psnr, psnr_from_mse, ssim
 from j4r.motion import CameraPath, render_path
-from j4r.rain import add_rain
+from j4r.rain import add_rain, fainter
 from j4r.sources import CleanSource, evaluation_sources
 
 EVAL_SEED = 20180618  # CVPR 2018 opening day: fixed forever so numbers stay comparable
@@ -89,12 +89,7 @@ def build_eval_set(preset: str, *, frames: int = 24, crop: int = 192) -> list[Ev
     """The ``light``, ``heavy`` or ``faint`` test set (same clean clips, rain seeded per clip;
     ``faint`` is ``light`` with every streak at :data:`FAINT_STRENGTH` of its strength)."""
     if preset == "faint":
-        light = rain_config("light")
-        layers = tuple(
-            (density, length, sigma, (lo * FAINT_STRENGTH, hi * FAINT_STRENGTH))
-            for density, length, sigma, (lo, hi) in light.layers
-        )
-        config = dataclasses.replace(light, name="faint", layers=layers)
+        config = dataclasses.replace(fainter(rain_config("light"), FAINT_STRENGTH), name="faint")
     else:
         config = rain_config(preset)
     clips = []

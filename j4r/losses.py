@@ -129,7 +129,10 @@ def j4r_loss(
     """
     if tuple(config.rain_weight_range) != (1.0, 1.0) and rainy is not None:
         weights = rain_strength_weights(rainy, clean, weight_range=config.rain_weight_range)
-        joint = ((out.background - clean).pow(2) * weights).mean()
+        squared = (out.background - clean).pow(2)
+        joint = (squared * weights).mean()
+        if config.rain_weight_keep_scale:
+            joint = joint * (squared.mean() / joint.clamp_min(1e-12)).detach()
     else:
         joint = joint_error(out.background, clean, config.joint_loss)
     logits = out.alpha_logits.flatten(0, 1)

@@ -297,6 +297,7 @@ def random_rain_config(
     photometric_probability: float = 0.0,
     falling_probability: float = 0.0,
     downpour_probability: float = 0.0,
+    faint_probability: float = 0.0,
     veil_in_downpours_only: bool = False,
 ) -> RainConfig:
     """Domain-randomised rain for training: one style per clip, drizzle to downpour.
@@ -311,7 +312,8 @@ def random_rain_config(
     new draws come after all the others, so at 0 the configs are those of earlier rounds. The
     fixed ``light`` and ``heavy`` presets lie inside this range. ``veil_in_downpours_only``
     keeps a veil for downpours alone (the haze of rain grows with its rate: drizzle makes
-    none to speak of); it changes no draw.
+    none to speak of); it changes no draw. With ``faint_probability``, the streaks (downpours'
+    too) at 25-60 % of their strength (:func:`fainter`), drawn after everything else.
     """
     strength = float(rng.uniform(0.0, 1.0))  # 0 drizzle .. 1 downpour
     angle = float(rng.uniform(-6, 6) if rng.random() < 0.4 else rng.uniform(-45, 45))
@@ -348,7 +350,20 @@ def random_rain_config(
         config = replace(config, fall=float(rng.uniform(0.3, 3.0)), flat_ends=rng.random() < 0.5)
     if downpour_probability > 0 and rng.random() < downpour_probability:
         config = _downpour(rng, config)
+    if faint_probability > 0 and rng.random() < faint_probability:
+        config = fainter(config, float(rng.uniform(0.25, 0.6)))
     return config
+
+
+def fainter(config: RainConfig, share: float) -> RainConfig:
+    """``config`` with every streak layer at ``share`` of its strength: the same drops in the
+    same places (the draws do not depend on intensity), fainter. Sharp lines, drops, veil and
+    lens drops are left as they are."""
+    layers = tuple(
+        (density, length, sigma, (lo * share, hi * share))
+        for density, length, sigma, (lo, hi) in config.layers
+    )
+    return replace(config, layers=layers)
 
 
 def _downpour(rng: np.random.Generator, config: RainConfig) -> RainConfig:

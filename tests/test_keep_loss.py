@@ -152,6 +152,24 @@ def test_rain_strength_weights_lift_faint_rain_and_leave_dry_frames_alone():
     expected = (error * torch.tensor([1.0, 4.0, 0.1])).mean()
     assert weighted.joint.item() == pytest.approx(expected.item(), rel=1e-5)
     assert plain.joint.item() == pytest.approx(error.mean().item(), rel=1e-5)
+    # Kept to the plain MSE's scale: the same value, the gradient split between frames as the
+    # weights say (here the output is the rainy input, so d/dB of frame f is 2 w_f (O - B) / n).
+    background = rainy.clone().requires_grad_(True)
+    scaled = j4r_loss(
+        outputs(background),
+        **common,
+        config=dataclasses.replace(base, rain_weight_range=(0.1, 4.0), rain_weight_keep_scale=True),
+        rainy=rainy,
+        gated=False,
+    )
+    assert scaled.joint.item() == pytest.approx(plain.joint.item(), rel=1e-5)
+    scaled.joint.backward()
+    pull = background.grad.abs().sum(dim=(-3, -2, -1)).flatten()
+    unweighted = (rainy - clean).abs().sum(dim=(-3, -2, -1)).flatten()
+    ratio = (pull[1:] / unweighted[1:]).tolist()
+    assert ratio[0] / ratio[1] == pytest.approx(40.0, rel=1e-4)  # weights 4 and 0.1
+    with pytest.raises(ValueError, match="rain_weight_keep_scale"):
+        train_config("tiny", rain_weight_keep_scale=True)
     with pytest.raises(ValueError, match="rain_weight_range"):
         train_config("tiny", rain_weight_range=(2.0, 10.0))
     with pytest.raises(ValueError, match="joint_loss=mse"):

@@ -181,3 +181,25 @@ def test_downpour_covers_most_of_the_frame_and_is_drawn_only_when_asked():
     falling = [random_rain_config(rng, falling_probability=0.5) for _ in range(200)]
     share = sum(c.fall > 0 for c in falling) / len(falling)
     assert 0.35 < share < 0.65
+
+
+def test_faint_rain_is_the_same_streaks_fainter_and_drawn_only_when_asked():
+    import numpy as np
+
+    from j4r.rain import fainter, random_rain_config
+
+    light = rain_config("light")
+    full, _, _ = render_rain(light, frames=2, height=64, width=64, seed=5)
+    half, _, _ = render_rain(fainter(light, 0.5), frames=2, height=64, width=64, seed=5)
+    assert torch.allclose(half, full * 0.5, atol=1e-6)  # same drops, same places
+    assert float(full.abs().sum()) > 0
+    old, new = np.random.default_rng(8), np.random.default_rng(8)
+    kwargs = dict(photometric_probability=0.5, downpour_probability=0.25)
+    plain = [random_rain_config(old, **kwargs) for _ in range(40)]
+    assert plain == [random_rain_config(new, **kwargs, faint_probability=0.0) for _ in range(40)]
+    rng = np.random.default_rng(9)
+    faint = [random_rain_config(rng, **kwargs, faint_probability=1.0) for _ in range(40)]
+    ceiling = [max(hi for *_, (lo, hi) in c.layers) for c in faint]
+    usual = [max(hi for *_, (lo, hi) in c.layers) for c in plain]
+    assert np.median(ceiling) < 0.6 * np.median(usual)
+
