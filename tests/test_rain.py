@@ -202,4 +202,3 @@ def test_faint_rain_is_the_same_streaks_fainter_and_drawn_only_when_asked():
     ceiling = [max(hi for *_, (lo, hi) in c.layers) for c in faint]
     usual = [max(hi for *_, (lo, hi) in c.layers) for c in plain]
     assert np.median(ceiling) < 0.6 * np.median(usual)
-
