@@ -99,6 +99,35 @@ class FNet(nn.Module):
         return (1 - update) * memory + update * candidate
 
 
+class ContextBranch(nn.Module):
+    """A view four times coarser: ``(b, c, h, w)`` -> ``(b, c, h, w)``, zero until trained.
+
+    Three 3×3 convolutions dilated 1, 2 and 4 over the features average-pooled by ``factor``
+    see about ``15 · factor`` px (60 at 4) where R-Net's own stack sees about 20: enough to
+    tell a long streak, or a sheet of evenly spaced ones, from texture of the same width. The
+    1×1 output convolution starts at zero, so a network given the branch computes exactly what
+    it did without it; the coarse work costs about a fifth of one full-resolution conv. A wider
+    view also wants a wider tile overlap in tiled inference (``--tile-overlap 64``, not 32).
+    """
+
+    def __init__(self, *, channels: int, factor: int = 4):
+        super().__init__()
+        self.factor = factor
+        layers: list[nn.Module] = []
+        for dilation in (1, 2, 4):
+            layers += [nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)]
+            layers += [nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels, channels, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        coarse = F.avg_pool2d(features, self.factor, ceil_mode=True)
+        view = self.out(self.body(coarse))  # linear, so it commutes with the upsampling
+        return F.interpolate(view, size=features.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class RNet(nn.Module):
     """Rain removal: ``F_t`` (with ``sees_memory`` also ``H_{t-1}``) -> (hidden, ``Ŝ``).
 
@@ -108,15 +137,19 @@ class RNet(nn.Module):
     (a pole the camera pans over) can be told from what is new (rain falls). The conv starts at
     zero, so a network given it behaves exactly as before until it learns, and with an empty
     memory (a clip's first frame, the single-frame path) it is the spatial R-Net. ``Ŝ`` is
-    ``(b, 1, h, w)``, unbounded (``O − Ŝ`` is the streak-free estimate).
+    ``(b, 1, h, w)``, unbounded (``O − Ŝ`` is the streak-free estimate). With ``context``
+    (beyond the paper) a :class:`ContextBranch`'s coarse view is added to its input too.
     """
 
-    def __init__(self, *, channels: int, blocks: int, sees_memory: bool = False):
+    def __init__(
+        self, *, channels: int, blocks: int, sees_memory: bool = False, context: bool = False
+    ):
         super().__init__()
         self.memory_input: nn.Conv2d | None = None
         if sees_memory:
             self.memory_input = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
             nn.init.zeros_(self.memory_input.weight)
+        self.context = ContextBranch(channels=channels) if context else None
         self.body = nn.Sequential(*[ResidualPair(channels=channels) for _ in range(blocks)])
         self.tail = nn.Sequential(conv3x3(channels, channels), nn.ReLU())
         self.streak = conv3x3(channels, 1)
@@ -124,6 +157,8 @@ class RNet(nn.Module):
     def forward(
         self, features: torch.Tensor, memory: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.context is not None:
+            features = features + self.context(features)
         if self.memory_input is not None and memory is not None:
             features = features + self.memory_input(memory)
         hidden = self.tail(self.body(features))
@@ -477,6 +512,7 @@ class J4RNet(nn.Module):
         presence_persistence: bool = False,
         chroma_fill: bool = False,
         rnet_memory: bool = False,
+        rnet_context: bool = False,
         veil_head: bool = False,
     ):
         super().__init__()
@@ -485,7 +521,9 @@ class J4RNet(nn.Module):
         self.features = FeatureCNN(channels=channels)
         self.dnet = DNet(channels=channels, layers=dnet_layers)
         self.fnet = FNet(channels=channels)
-        self.rnet = RNet(channels=channels, blocks=rnet_blocks, sees_memory=rnet_memory)
+        self.rnet = RNet(
+            channels=channels, blocks=rnet_blocks, sees_memory=rnet_memory, context=rnet_context
+        )
         self.cnet = CNet(channels=channels, blocks=cnet_blocks)
         self.jrc = JRCNet(channels=channels, blocks=jrc_blocks)
         self.gate = RainGate(channels=channels) if rain_gate else None

@@ -43,6 +43,9 @@ class NetConfig:
     # Beyond the paper: R-Net also sees the recurrent memory from before the frame, so a
     # structure that was already there can be told from a streak that is new (j4r.arch.RNet).
     rnet_memory: bool = False
+    # Beyond the paper: R-Net also sees its features four times coarser, through dilated convs
+    # (about 60 px instead of 20), to tell long streaks from texture (j4r.arch.ContextBranch).
+    rnet_context: bool = False
     # Beyond the paper: a frame-level estimate of a downpour's haze, undone before the presence
     # scale (j4r.arch.VeilHead; needs rain_presence). Fitted on a frozen network: derain fit-veil.
     veil_head: bool = False
@@ -147,6 +150,7 @@ class TrainConfig:
     # Stage 2: R-Net's view of the memory (net.rnet_memory), relative to lr: it starts at zero
     # in a trained network and at the base rate barely moves in a fine-tune.
     rnet_memory_lr_scale: float = 1.0
+    rnet_context_lr_scale: float = 1.0  # the same for R-Net's coarse view (net.rnet_context)
     # Stage 2: the squared change on pixels rain did not touch, averaged over those pixels
     # alone, so a frame mostly covered by rain still pays in full for what it changes between
     # the streaks (0 = off, as in rounds 1-8).

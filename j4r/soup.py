@@ -17,7 +17,10 @@ ARCHITECTURE_FIELDS = ("channels", "rnet_blocks", "cnet_blocks", "jrc_blocks", "
                        "rain_gate")  # fmt: skip
 # Parts a network may have and the other lack, because at zero they change nothing: a network
 # without one computes what it would with the part's weights at zero, so those are averaged in.
-ZERO_WHEN_ABSENT = {"rnet_memory": "rnet.memory_input."}
+ZERO_WHEN_ABSENT = {"rnet_memory": "rnet.memory_input.", "rnet_context": "rnet.context.out."}
+# Where only a part's last layer is zero, its inner layers are taken from the network that has
+# them: the average then carries that network's branch at ``share`` of its strength.
+TAKEN_WHEN_ABSENT = ("rnet.context.body.",)
 
 
 def average_weights(first: str | Path, second: str | Path, *, share: float):
@@ -51,16 +54,18 @@ def average_weights(first: str | Path, second: str | Path, *, share: float):
     a, b = model_a.state_dict(), model_b.state_dict()
     absent_is_zero = tuple(ZERO_WHEN_ABSENT.values())
 
-    def weight(state: dict, key: str, like: torch.Tensor) -> torch.Tensor:
+    def weight(state: dict, other: dict, key: str, like: torch.Tensor) -> torch.Tensor:
         if key in state:
             return state[key]
         if key.startswith(absent_is_zero):
             return torch.zeros_like(like)
+        if key.startswith(TAKEN_WHEN_ABSENT) and key in other:
+            return other[key]
         raise CheckpointError(f"{first} and {second}: {key} is in one network only")
 
     state = {}
     for key, like in model.state_dict().items():
-        x, y = weight(a, key, like), weight(b, key, like)
+        x, y = weight(a, b, key, like), weight(b, a, key, like)
         state[key] = (1.0 - share) * x + share * y if x.is_floating_point() else x
     model.load_state_dict(state)
     return model, dataclasses.replace(info_a, net=net)

@@ -60,7 +60,9 @@ def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.opti
     gate = [] if model.gate is None else list(model.gate.parameters())
     seeing = model.rnet.memory_input
     memory_view = [] if seeing is None else list(seeing.parameters())
-    special = {id(p) for p in trunk + gate + presence + memory_view}
+    coarse = model.rnet.context
+    context_view = [] if coarse is None else list(coarse.parameters())
+    special = {id(p) for p in trunk + gate + presence + memory_view + context_view}
     rest = [p for p in model.parameters() if id(p) not in special]
     groups = [
         {"params": trunk, "lr_scale": config.trunk_lr_scale},
@@ -70,6 +72,8 @@ def make_optimizer(model: J4RNet, stage: int, config: TrainConfig) -> torch.opti
         groups.append({"params": gate, "lr_scale": config.gate_lr_scale})
     if memory_view:
         groups.append({"params": memory_view, "lr_scale": config.rnet_memory_lr_scale})
+    if context_view:
+        groups.append({"params": context_view, "lr_scale": config.rnet_context_lr_scale})
     if presence:
         groups.append({"params": presence, "lr_scale": config.presence_lr_scale})
     return torch.optim.Adam(groups, lr=config.lr_start)
@@ -200,6 +204,7 @@ ADDABLE_HEADS = {
     "rain_gate": "gate.",
     "rain_presence": "presence.",
     "rnet_memory": "rnet.memory_input.",
+    "rnet_context": "rnet.context.",
 }
 # The presence and veil heads only act on the finished local output, so the network under them
 # can be fine-tuned without them and heads fitted for the result afterwards (``derain
@@ -227,8 +232,8 @@ def check_init_from(folder: str | Path, net: NetConfig) -> tuple[list[str], list
     if dataclasses.replace(info.net, **settings) != net:
         raise ValueError(
             f"--init-from {folder}: its network {to_dict(info.net)} differs from {to_dict(net)}"
-            " (set net.* to match it; only rain_gate, rain_presence and rnet_memory may be"
-            " added, and only rain_presence and veil_head dropped)"
+            " (set net.* to match it; only rain_gate, rain_presence, rnet_memory and"
+            " rnet_context may be added, and only rain_presence and veil_head dropped)"
         )
     return added, dropped
 
@@ -237,9 +242,9 @@ def initialise_from(model: J4RNet, folder: str | Path, net: NetConfig) -> dict[s
     """Copy a checkpoint's weights into ``model``; returns its identity.
 
     The network config must match, except that a checkpoint without a rain gate, a
-    presence head or R-Net's view of the memory may start a network with one (the new part
-    keeps its fresh initialisation: nearly open, see :class:`j4r.arch.RainGate` and
-    :class:`j4r.arch.RainPresence`; zero, see :class:`j4r.arch.RNet`), and that
+    presence head, R-Net's view of the memory or its coarse view may start a network with one
+    (the new part keeps its fresh initialisation: nearly open, see :class:`j4r.arch.RainGate`
+    and :class:`j4r.arch.RainPresence`; zero, see :class:`j4r.arch.RNet`), and that
     a checkpoint's presence head may be left behind (to fine-tune the network and fit a head
     for it afterwards).
     """
